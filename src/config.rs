@@ -1,0 +1,307 @@
+//! Command line and environment configuration. Every flag also reads an environment variable.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::{RegistryHost, is_region};
+use crate::selection::Selection;
+use crate::token::RefreshPolicy;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ecr-pull-secrets",
+    version,
+    about = "Keeps Amazon ECR image pull secrets valid in every selected namespace"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller: fetch tokens and keep the pull secret in every selected namespace.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `ecr_pull_secrets=debug`).
+    /// RUST_LOG, when set, takes precedence.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Name of the pull secret written into each namespace.
+    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
+    pub secret_name: String,
+
+    /// ECR registry host to write credentials for (repeatable, or comma-separated in the
+    /// environment variable), e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com. Default: the
+    /// registry of the credentials' own account in --region.
+    #[arg(
+        long = "registry",
+        env = "ECR_PULL_SECRETS_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub registries: Vec<RegistryHost>,
+
+    /// AWS region used when no --registry is given.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// Only these namespaces get the secret (comma-separated). Default: every namespace.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub target_namespaces: Vec<String>,
+
+    /// Namespaces that never get the secret (comma-separated).
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Secret in the controller's namespace holding aws_access_key_id and aws_secret_access_key
+    /// (optionally aws_session_token). Without it the default AWS chain is used (environment,
+    /// profile, web identity).
+    #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET")]
+    pub credentials_secret: Option<String>,
+
+    /// The controller's own namespace (credentials Secret). Default: the pod's namespace
+    /// (POD_NAMESPACE) or the kubeconfig's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Refresh at least this long before the token expires (e.g. 1h, 30m).
+    #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_duration)]
+    pub refresh_margin: Duration,
+
+    /// ... and at least this fraction of the token's lifetime before it expires (0 < f < 1).
+    #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub refresh_fraction: f64,
+
+    /// Namespaces reconciled in parallel.
+    #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Timeout of each Kubernetes API write.
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+}
+
+impl RunArgs {
+    /// Cross-flag checks clap cannot express. Errors name the flag and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.registries.is_empty() {
+            match self.region.as_deref() {
+                None | Some("") => {
+                    return Err(
+                        "no registry and no region: name registries with --registry \
+                         (ECR_PULL_SECRETS_REGISTRIES) or set --region / AWS_REGION"
+                            .into(),
+                    );
+                }
+                Some(region) if !is_region(region) => {
+                    return Err(format!(
+                        "--region / AWS_REGION {region:?} is not an AWS region name such as us-east-1"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for ns in self
+            .target_namespaces
+            .iter()
+            .chain(&self.exclude_namespaces)
+        {
+            let ns = ns.trim();
+            if !ns.is_empty() && !is_dns_label(ns) {
+                return Err(format!(
+                    "namespace {ns:?} in --target-namespaces/--exclude-namespaces is not a valid namespace name \
+                     (lower-case letters, digits and '-', at most 63 characters)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Regions to fetch a token for: those of the configured registries, else --region.
+    pub fn regions(&self) -> Vec<String> {
+        let mut regions: Vec<String> = if self.registries.is_empty() {
+            self.region.iter().cloned().collect()
+        } else {
+            self.registries
+                .iter()
+                .map(|r| r.region().to_string())
+                .collect()
+        };
+        regions.sort();
+        regions.dedup();
+        regions
+    }
+
+    pub fn selection(&self) -> Selection {
+        Selection::new(&self.target_namespaces, &self.exclude_namespaces)
+    }
+
+    pub fn refresh_policy(&self) -> RefreshPolicy {
+        RefreshPolicy {
+            margin: self.refresh_margin,
+            fraction: self.refresh_fraction,
+            ..RefreshPolicy::default()
+        }
+    }
+}
+
+/// `90s`, `30m`, `1h 30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use forms such as 30s, 10m, 1h"))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f < 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} must be a number between 0 and 1 (exclusive), e.g. 0.5"
+        )),
+    }
+}
+
+fn parse_secret_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label);
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253 characters)"
+        ))
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec!["ecr-pull-secrets", "run"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command;
+        run.validate()?;
+        Ok(run)
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        // Note: AWS_REGION may be set in the environment of the test run; pass --region explicitly.
+        let run = parse(&[
+            "--region",
+            "eu-west-1",
+            "--exclude-namespaces",
+            "kube-system,kube-public",
+        ])
+        .unwrap();
+        assert_eq!(run.secret_name, "ecr-pull-secret");
+        assert_eq!(run.exclude_namespaces, ["kube-system", "kube-public"]);
+        assert_eq!(run.regions(), ["eu-west-1"]);
+        assert_eq!(run.refresh_margin, Duration::from_secs(3600));
+        assert_eq!(run.refresh_fraction, 0.5);
+    }
+
+    #[test]
+    fn registries_decide_the_regions() {
+        let run = parse(&[
+            "--registry",
+            "111111111111.dkr.ecr.us-east-1.amazonaws.com",
+            "--registry",
+            "222222222222.dkr.ecr.eu-west-1.amazonaws.com,333333333333.dkr.ecr.us-east-1.amazonaws.com",
+        ])
+        .unwrap();
+        assert_eq!(run.registries.len(), 3);
+        assert_eq!(run.regions(), ["eu-west-1", "us-east-1"]);
+    }
+
+    #[test]
+    fn bad_input_names_the_problem_and_the_fix() {
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["--registry", "example.com", "--region", "us-east-1"],
+                "expected <12-digit account>",
+            ),
+            (
+                &["--region", "us-east-1", "--secret-name", "Bad_Name"],
+                "not a valid Secret name",
+            ),
+            (
+                &["--region", "us-east-1", "--refresh-margin", "soon"],
+                "use forms such as 30s",
+            ),
+            (
+                &["--region", "us-east-1", "--refresh-fraction", "1.5"],
+                "between 0 and 1",
+            ),
+            (&["--region", "nowhere"], "not an AWS region"),
+            (
+                &[
+                    "--region",
+                    "us-east-1",
+                    "--exclude-namespaces",
+                    "Kube_System",
+                ],
+                "not a valid namespace name",
+            ),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args).expect_err(&format!("{args:?}"));
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("").is_err());
+    }
+}

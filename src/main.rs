@@ -1,0 +1,35 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use ecr_pull_secrets::config::{Cli, Command, LogArgs, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(args: &LogArgs) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Run(args) => ecr_pull_secrets::run::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "exiting");
+            eprintln!("ecr-pull-secrets: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

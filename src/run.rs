@@ -1,0 +1,184 @@
+//! `ecr-pull-secrets run`: wires credentials, token refresh, rendering and the namespace
+//! controller together, and shuts down cleanly on SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Config as KubeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::Error;
+use crate::config::RunArgs;
+use crate::credentials;
+use crate::reconcile::{self, Context};
+use crate::registry::RegistryHost;
+use crate::render::{self, Rendered};
+use crate::token::{self, Backoff, EcrTokenSource, Token};
+
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    args.validate().map_err(Error::Config)?;
+    let client = connect().await?;
+    preflight(&client, &args).await?;
+
+    let sdk_config = aws_config(&client, &args).await?;
+    let regions = args.regions();
+    tracing::info!(
+        regions = regions.join(","),
+        registries = args
+            .registries
+            .iter()
+            .map(|r| r.host())
+            .collect::<Vec<_>>()
+            .join(","),
+        secret = args.secret_name,
+        "starting"
+    );
+
+    let mut tasks = JoinSet::new();
+    let (tokens_tx, tokens_rx) = watch::channel(BTreeMap::new());
+    for region in &regions {
+        let source = EcrTokenSource::new(&sdk_config, region);
+        tasks.spawn(token::keep_fresh(
+            source,
+            args.refresh_policy(),
+            Backoff::default(),
+            tokens_tx.clone(),
+        ));
+    }
+    let (desired_tx, desired_rx) = watch::channel(None);
+    tasks.spawn(render_on_change(
+        tokens_rx,
+        args.registries.clone(),
+        desired_tx,
+    ));
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        secret_name: args.secret_name.clone(),
+        selection: args.selection(),
+        desired: desired_rx.clone(),
+        api_timeout: args.api_timeout,
+    });
+    // Metadata only: labels, annotations and deletion state are all selection needs.
+    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+    let new_config = futures::stream::unfold(desired_rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
+    let controller = Controller::new(namespaces, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(args.concurrency))
+        .reconcile_all_on(new_config)
+        .graceful_shutdown_on(shutdown_signal())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(error = %error, "controller event");
+            }
+        });
+    controller.await;
+    tasks.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn connect() -> Result<Client, Error> {
+    let config = KubeConfig::infer().await.map_err(|e| {
+        Error::Config(format!(
+            "no Kubernetes configuration found ({e}); run inside a cluster or set KUBECONFIG"
+        ))
+    })?;
+    Client::try_from(config).map_err(|source| Error::Kube {
+        context: "building the Kubernetes client".into(),
+        source,
+    })
+}
+
+/// One cheap list, so a missing RBAC rule or an unreachable API server stops us at start with
+/// a message instead of an endless retry loop.
+async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let params = ListParams::default().limit(1);
+    match tokio::time::timeout(args.api_timeout, namespaces.list_metadata(&params)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
+            "not allowed to list namespaces ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+            status.message
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: "cannot reach the Kubernetes API server (check KUBECONFIG or the in-cluster configuration)".into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer a namespace list within {:?}; check KUBECONFIG and connectivity",
+            args.api_timeout
+        ))),
+    }
+}
+
+/// The AWS configuration: static keys from the credentials Secret, or the default chain.
+async fn aws_config(client: &Client, args: &RunArgs) -> Result<aws_config::SdkConfig, Error> {
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let loader = match &args.credentials_secret {
+        Some(name) => {
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            let creds = credentials::load_from_secret(client.clone(), &namespace, name).await?;
+            tracing::info!(
+                namespace,
+                secret = name,
+                "using AWS credentials from Secret"
+            );
+            loader.credentials_provider(creds)
+        }
+        None => loader,
+    };
+    Ok(loader.load().await)
+}
+
+/// Renders the docker config whenever a token changes; publishes only valid, changed configs.
+async fn render_on_change(
+    mut tokens: watch::Receiver<BTreeMap<String, Token>>,
+    hosts: Vec<RegistryHost>,
+    desired: watch::Sender<Option<Arc<Rendered>>>,
+) {
+    while tokens.changed().await.is_ok() {
+        let result = render::render(&tokens.borrow_and_update(), &hosts);
+        match result {
+            Ok(rendered) => {
+                desired.send_if_modified(|current| {
+                    let changed =
+                        current.as_ref().map(|c| &c.fingerprint) != Some(&rendered.fingerprint);
+                    if changed {
+                        *current = Some(Arc::new(rendered));
+                    }
+                    changed
+                });
+            }
+            // A region without its first token yet: keep what is published.
+            Err(error) => tracing::info!(error = %error, "not writing yet"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

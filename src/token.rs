@@ -1,0 +1,666 @@
+//! ECR authorization tokens: fetching one per region, validating it, deciding when to refresh,
+//! and the refresh loop that keeps the last good token while AWS fails.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use tokio::sync::watch;
+
+use crate::registry::RegistryHost;
+
+/// An ECR token for one region. `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub region: String,
+    /// The registry of the credentials' own account in this region (ECR's `proxyEndpoint`).
+    pub proxy_endpoint: RegistryHost,
+    /// base64 of `AWS:<password>`, as ECR returns it and as docker's `auth` field wants it.
+    auth: String,
+    pub fetched_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("region", &self.region)
+            .field("proxy_endpoint", &self.proxy_endpoint)
+            .field("auth", &"<redacted>")
+            .field("fetched_at", &self.fetched_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Why a token returned by AWS was refused. Nothing invalid ever reaches a Secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("the response holds no authorization data")]
+    Missing,
+    #[error("the authorization token is not valid base64")]
+    NotBase64,
+    #[error(
+        "the authorization token does not decode to `AWS:<password>` with a non-empty password"
+    )]
+    NotUserPassword,
+    #[error("the response has no expiry time")]
+    NoExpiry,
+    #[error("the token is already expired")]
+    Expired,
+    #[error("the proxy endpoint is not an ECR registry: {0}")]
+    ProxyEndpoint(String),
+}
+
+impl Token {
+    /// Builds a token from ECR's answer, refusing anything that would render an unusable config.
+    pub fn new(
+        region: &str,
+        authorization_token: &str,
+        proxy_endpoint: &str,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Token, InvalidToken> {
+        let decoded = STANDARD
+            .decode(authorization_token.trim())
+            .map_err(|_| InvalidToken::NotBase64)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| InvalidToken::NotUserPassword)?;
+        match decoded.split_once(':') {
+            Some(("AWS", password)) if !password.is_empty() => {}
+            _ => return Err(InvalidToken::NotUserPassword),
+        }
+        if expires_at <= fetched_at {
+            return Err(InvalidToken::Expired);
+        }
+        let proxy_endpoint = proxy_endpoint
+            .parse::<RegistryHost>()
+            .map_err(|e| InvalidToken::ProxyEndpoint(e.to_string()))?;
+        Ok(Token {
+            region: region.to_string(),
+            proxy_endpoint,
+            auth: authorization_token.trim().to_string(),
+            fetched_at,
+            expires_at,
+        })
+    }
+
+    /// base64 of `AWS:<password>`.
+    pub fn auth(&self) -> &str {
+        &self.auth
+    }
+
+    /// The password half of the token (what docker sends as the password).
+    pub fn password(&self) -> String {
+        let decoded = STANDARD
+            .decode(&self.auth)
+            .expect("validated in Token::new");
+        let decoded = String::from_utf8(decoded).expect("validated in Token::new");
+        decoded["AWS:".len()..].to_string()
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at
+            .duration_since(self.fetched_at)
+            .unwrap_or_default()
+    }
+}
+
+/// When to refresh a token, relative to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Refresh at least this long before expiry.
+    pub margin: Duration,
+    /// ... and at least this fraction of the token's lifetime before expiry.
+    pub fraction: f64,
+    /// Refresh up to this fraction of the lead earlier, at random, so replicas and identities
+    /// do not all call AWS in the same second.
+    pub jitter: f64,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            margin: Duration::from_secs(3600),
+            fraction: 0.5,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// `expires_at - max(margin, lifetime * fraction)`, moved earlier by up to `jitter * lead`.
+    /// `random` is in `[0, 1)`. A margin that would eat 90 % of the lifetime or more (short
+    /// tokens, as in tests) is ignored rather than causing a refresh storm.
+    pub fn refresh_at(&self, token: &Token, random: f64) -> SystemTime {
+        let lifetime = token.lifetime();
+        let by_fraction = lifetime.mul_f64(self.fraction);
+        let mut lead = self.margin.max(by_fraction);
+        if lead >= lifetime.mul_f64(0.9) {
+            lead = by_fraction;
+        }
+        let lead = lead + lead.mul_f64(self.jitter * random.clamp(0.0, 1.0));
+        let lead = lead.min(lifetime);
+        token.expires_at - lead
+    }
+}
+
+/// How a failed fetch should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling, 5xx, timeouts, connection errors: retry soon with backoff.
+    Transient,
+    /// Credentials or permissions are wrong: retrying fast will not help; a human must act.
+    Configuration,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Configuration => "configuration",
+        }
+    }
+}
+
+/// A failed token fetch, classified, with advice that never contains secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("GetAuthorizationToken in {region} failed ({}): {message}{}", class.as_str(), advice.map(|a| format!("; {a}")).unwrap_or_default())]
+pub struct FetchError {
+    pub region: String,
+    pub class: ErrorClass,
+    pub message: String,
+    pub advice: Option<&'static str>,
+}
+
+/// Classifies an AWS error from its error code and HTTP status.
+pub fn classify(code: Option<&str>, status: Option<u16>) -> (ErrorClass, Option<&'static str>) {
+    match code {
+        Some("AccessDeniedException" | "AccessDenied") => (
+            ErrorClass::Configuration,
+            Some(
+                "the credentials lack permission ecr:GetAuthorizationToken; grant it in the identity's IAM policy (resource \"*\")",
+            ),
+        ),
+        Some(
+            "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken",
+        ) => (
+            ErrorClass::Configuration,
+            Some(
+                "AWS does not recognise the access key or secret key; check the credentials Secret or environment and rotate the keys if they were revoked",
+            ),
+        ),
+        Some("ExpiredTokenException" | "ExpiredToken" | "RequestExpired") => (
+            ErrorClass::Configuration,
+            Some(
+                "the session credentials have expired; provide fresh keys (or a role to assume instead of a session token)",
+            ),
+        ),
+        Some("InvalidParameterException" | "ValidationException") => {
+            (ErrorClass::Configuration, None)
+        }
+        _ => {
+            // Everything else (throttling, ServerException, 5xx, unknown codes) is retried soon.
+            let _ = status;
+            (ErrorClass::Transient, None)
+        }
+    }
+}
+
+impl FetchError {
+    pub fn from_sdk<E, R>(region: &str, err: &SdkError<E, R>) -> FetchError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        let (class, advice, message) = match err {
+            SdkError::ServiceError(service) => {
+                let e = service.err();
+                let (class, advice) = classify(e.code(), None);
+                let message = format!(
+                    "{}: {}",
+                    e.code().unwrap_or("unknown error"),
+                    e.message().unwrap_or("no message")
+                );
+                (class, advice, message)
+            }
+            SdkError::TimeoutError(_) => (ErrorClass::Transient, None, "timed out".to_string()),
+            SdkError::DispatchFailure(d) => {
+                let message = format!("could not reach the ECR endpoint: {}", error_chain(err));
+                if d.is_io() || d.is_timeout() {
+                    (ErrorClass::Transient, None, message)
+                } else {
+                    (
+                        ErrorClass::Transient,
+                        Some("check network access to the ECR endpoint of this region"),
+                        message,
+                    )
+                }
+            }
+            SdkError::ConstructionFailure(_) => (
+                ErrorClass::Configuration,
+                Some(
+                    "no usable AWS credentials or region: set a credentials Secret, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or another source of the default chain",
+                ),
+                error_chain(err),
+            ),
+            _ => (ErrorClass::Transient, None, error_chain(err)),
+        };
+        FetchError {
+            region: region.to_string(),
+            class,
+            message,
+            advice,
+        }
+    }
+}
+
+/// The whole `source()` chain on one line: SDK errors hide the cause two levels deep.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Where tokens come from: ECR in production, a scripted source in tests.
+pub trait TokenSource: Send + Sync + 'static {
+    fn region(&self) -> &str;
+    fn fetch(&self) -> impl Future<Output = Result<Token, FetchError>> + Send;
+}
+
+/// GetAuthorizationToken against one region.
+pub struct EcrTokenSource {
+    client: aws_sdk_ecr::Client,
+    region: String,
+}
+
+impl EcrTokenSource {
+    pub fn new(sdk_config: &aws_config::SdkConfig, region: &str) -> EcrTokenSource {
+        let config = aws_sdk_ecr::config::Builder::from(sdk_config)
+            .region(aws_sdk_ecr::config::Region::new(region.to_string()))
+            .build();
+        EcrTokenSource {
+            client: aws_sdk_ecr::Client::from_conf(config),
+            region: region.to_string(),
+        }
+    }
+}
+
+impl TokenSource for EcrTokenSource {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let fetched_at = SystemTime::now();
+        let output = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| FetchError::from_sdk(&self.region, &e))?;
+        let invalid = |e: InvalidToken| FetchError {
+            region: self.region.clone(),
+            class: ErrorClass::Transient,
+            message: format!("ECR answered an unusable token: {e}"),
+            advice: None,
+        };
+        let data = output
+            .authorization_data()
+            .first()
+            .ok_or(InvalidToken::Missing)
+            .map_err(invalid)?;
+        let expires_at = data
+            .expires_at()
+            .and_then(|t| SystemTime::try_from(*t).ok())
+            .ok_or(InvalidToken::NoExpiry)
+            .map_err(invalid)?;
+        Token::new(
+            &self.region,
+            data.authorization_token().unwrap_or_default(),
+            data.proxy_endpoint().unwrap_or_default(),
+            fetched_at,
+            expires_at,
+        )
+        .map_err(invalid)
+    }
+}
+
+/// Backoff between failed fetches: exponential with full jitter, about 1 s up to 5 min for
+/// transient errors; configuration errors start slow since a human has to act.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub configuration_initial: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            configuration_initial: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (0-based), `random` in `[0, 1)`: the exponential
+    /// ceiling, then a random point in its upper half (so delays still grow visibly).
+    pub fn delay(&self, class: ErrorClass, attempt: u32, random: f64) -> Duration {
+        let initial = match class {
+            ErrorClass::Transient => self.initial,
+            ErrorClass::Configuration => self.configuration_initial,
+        };
+        let ceiling = initial
+            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+            .min(self.max);
+        ceiling.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
+    }
+}
+
+/// Keeps one region's token fresh: fetch, publish, sleep until the refresh time; on failure back
+/// off while the last good token stays published. Runs until dropped.
+pub async fn keep_fresh<S: TokenSource>(
+    source: S,
+    policy: RefreshPolicy,
+    backoff: Backoff,
+    publish: watch::Sender<BTreeMap<String, Token>>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        match source.fetch().await {
+            Ok(token) => {
+                attempt = 0;
+                let refresh_at = policy.refresh_at(&token, rand::random());
+                let wait = refresh_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tracing::info!(
+                    region = source.region(),
+                    registry = %token.proxy_endpoint,
+                    expires_at = %crate::render::rfc3339(token.expires_at),
+                    refresh_in_seconds = wait.as_secs(),
+                    "fetched ECR token"
+                );
+                publish.send_modify(|tokens| {
+                    tokens.insert(source.region().to_string(), token);
+                });
+                tokio::time::sleep(wait).await;
+            }
+            Err(err) => {
+                let delay = backoff.delay(err.class, attempt, rand::random());
+                attempt = attempt.saturating_add(1);
+                let last_expires = publish
+                    .borrow()
+                    .get(source.region())
+                    .map(|t| crate::render::rfc3339(t.expires_at));
+                match err.class {
+                    ErrorClass::Configuration => tracing::error!(
+                        region = source.region(),
+                        error = %err,
+                        retry_in_ms = delay.as_millis() as u64,
+                        last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
+                        "token refresh failed; keeping the last good token"
+                    ),
+                    ErrorClass::Transient => tracing::warn!(
+                        region = source.region(),
+                        error = %err,
+                        retry_in_ms = delay.as_millis() as u64,
+                        last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
+                        "token refresh failed; keeping the last good token"
+                    ),
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    pub fn token_at(region: &str, password: &str, fetched_at: SystemTime, ttl: Duration) -> Token {
+        Token::new(
+            region,
+            &STANDARD.encode(format!("AWS:{password}")),
+            &format!("https://123456789012.dkr.ecr.{region}.amazonaws.com"),
+            fetched_at,
+            fetched_at + ttl,
+        )
+        .unwrap()
+    }
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    #[test]
+    fn refresh_at_twelve_hour_token_is_about_six_hours_in() {
+        let token = token_at("us-east-1", "p", t0(), Duration::from_secs(12 * 3600));
+        let policy = RefreshPolicy::default();
+        assert_eq!(
+            policy.refresh_at(&token, 0.0),
+            t0() + Duration::from_secs(6 * 3600)
+        );
+        // Jitter only ever moves the refresh earlier, by at most 10 % of the lead.
+        assert_eq!(
+            policy.refresh_at(&token, 1.0),
+            t0() + Duration::from_secs(6 * 3600 - 2160)
+        );
+    }
+
+    #[test]
+    fn refresh_at_table() {
+        let h = |h: u64| Duration::from_secs(h * 3600);
+        let s = Duration::from_secs;
+        // (lifetime, margin, fraction, expected delay after fetch with random = 0)
+        let cases = [
+            (h(12), h(1), 0.5, h(6)),
+            (h(12), h(8), 0.5, h(4)),   // margin dominates
+            (h(12), h(1), 0.25, h(9)),  // fraction lower, margin still below
+            (h(12), h(11), 0.5, h(6)),  // margin eats >90 % of lifetime: ignored
+            (s(20), h(1), 0.5, s(10)),  // short test token
+            (s(20), s(5), 0.25, s(15)), // margin 5 s = lifetime * 0.25
+            (s(20), s(12), 0.25, s(8)), // margin wins
+        ];
+        for (lifetime, margin, fraction, expected) in cases {
+            let token = token_at("us-east-1", "p", t0(), lifetime);
+            let policy = RefreshPolicy {
+                margin,
+                fraction,
+                jitter: 0.1,
+            };
+            assert_eq!(
+                policy.refresh_at(&token, 0.0),
+                t0() + expected,
+                "lifetime {lifetime:?} margin {margin:?} fraction {fraction}"
+            );
+            assert!(policy.refresh_at(&token, 0.999) < token.expires_at);
+            assert!(policy.refresh_at(&token, 0.999) >= t0());
+        }
+    }
+
+    #[test]
+    fn token_validation_refuses_unusable_tokens() {
+        let ok = STANDARD.encode("AWS:secret");
+        let host = "https://123456789012.dkr.ecr.us-east-1.amazonaws.com";
+        let later = t0() + Duration::from_secs(60);
+        assert!(Token::new("us-east-1", &ok, host, t0(), later).is_ok());
+        let cases = [
+            ("", host, later, InvalidToken::NotUserPassword),
+            ("!!!", host, later, InvalidToken::NotBase64),
+            (
+                &STANDARD.encode("AWS:") as &str,
+                host,
+                later,
+                InvalidToken::NotUserPassword,
+            ),
+            (
+                &STANDARD.encode("bob:pw"),
+                host,
+                later,
+                InvalidToken::NotUserPassword,
+            ),
+            (
+                &STANDARD.encode("no-colon"),
+                host,
+                later,
+                InvalidToken::NotUserPassword,
+            ),
+            (&ok, host, t0(), InvalidToken::Expired),
+        ];
+        for (auth, host, expires, expected) in cases {
+            assert_eq!(
+                Token::new("us-east-1", auth, host, t0(), expires).unwrap_err(),
+                expected,
+                "{auth:?}"
+            );
+        }
+        assert!(matches!(
+            Token::new("us-east-1", &ok, "https://example.com", t0(), later),
+            Err(InvalidToken::ProxyEndpoint(_))
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = token_at("us-east-1", "hunter2", t0(), Duration::from_secs(60));
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains(token.auth()));
+        assert_eq!(token.password(), "hunter2");
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases = [
+            (Some("ThrottlingException"), ErrorClass::Transient),
+            (Some("ServerException"), ErrorClass::Transient),
+            (Some("ServiceUnavailable"), ErrorClass::Transient),
+            (None, ErrorClass::Transient),
+            (Some("AccessDeniedException"), ErrorClass::Configuration),
+            (
+                Some("UnrecognizedClientException"),
+                ErrorClass::Configuration,
+            ),
+            (Some("InvalidClientTokenId"), ErrorClass::Configuration),
+            (Some("InvalidSignatureException"), ErrorClass::Configuration),
+            (Some("ExpiredTokenException"), ErrorClass::Configuration),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(classify(code, None).0, expected, "{code:?}");
+        }
+        let (_, advice) = classify(Some("AccessDeniedException"), None);
+        assert!(advice.unwrap().contains("ecr:GetAuthorizationToken"));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_and_caps() {
+        let b = Backoff::default();
+        let t = ErrorClass::Transient;
+        assert_eq!(b.delay(t, 0, 1.0), Duration::from_secs(1));
+        assert_eq!(b.delay(t, 0, 0.0), Duration::from_millis(500));
+        assert_eq!(b.delay(t, 3, 1.0), Duration::from_secs(8));
+        assert_eq!(b.delay(t, 20, 1.0), Duration::from_secs(300));
+        assert_eq!(b.delay(t, u32::MAX, 1.0), Duration::from_secs(300));
+        assert_eq!(
+            b.delay(ErrorClass::Configuration, 0, 1.0),
+            Duration::from_secs(30)
+        );
+    }
+
+    /// A source that answers from a script and records when it was called.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<Token, FetchError>>>,
+        calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    }
+
+    impl TokenSource for Scripted {
+        fn region(&self) -> &str {
+            "us-east-1"
+        }
+        async fn fetch(&self) -> Result<Token, FetchError> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            let next = self.answers.lock().unwrap().pop_front();
+            match next {
+                Some(answer) => answer,
+                None => futures::future::pending().await,
+            }
+        }
+    }
+
+    fn throttled() -> FetchError {
+        FetchError {
+            region: "us-east-1".into(),
+            class: ErrorClass::Transient,
+            message: "ThrottlingException: Rate exceeded".into(),
+            advice: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_last_good_token_and_backs_off_on_failure() {
+        let now = SystemTime::now();
+        let first = token_at("us-east-1", "one", now, Duration::from_secs(100));
+        let second = token_at("us-east-1", "two", now, Duration::from_secs(1000));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let source = Scripted {
+            answers: Mutex::new(VecDeque::from(vec![
+                Ok(first.clone()),
+                Err(throttled()),
+                Err(throttled()),
+                Err(throttled()),
+                Ok(second.clone()),
+            ])),
+            calls: calls.clone(),
+        };
+        let (tx, mut rx) = watch::channel(BTreeMap::new());
+        let policy = RefreshPolicy {
+            margin: Duration::ZERO,
+            fraction: 0.5,
+            jitter: 0.0,
+        };
+        let task = tokio::spawn(keep_fresh(source, policy, Backoff::default(), tx));
+
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow()["us-east-1"].password(), "one");
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow()["us-east-1"].password(), "two");
+        task.abort();
+
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 5);
+        let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        // First refresh about half-way through a 100 s token.
+        assert!(
+            gaps[0] >= Duration::from_secs(49) && gaps[0] <= Duration::from_secs(51),
+            "{gaps:?}"
+        );
+        // Then backoff: each delay within [ceiling/2, ceiling] of 1 s, 2 s, 4 s.
+        for (i, ceiling) in [1u64, 2, 4].into_iter().enumerate() {
+            let gap = gaps[i + 1];
+            assert!(
+                gap >= Duration::from_millis(ceiling * 500) && gap <= Duration::from_secs(ceiling),
+                "retry {i}: {gap:?}"
+            );
+        }
+    }
+}
