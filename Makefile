@@ -1,0 +1,46 @@
+# ecr-pull-secrets: the two commands in README.md are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+TESTENV := tests/testenv.sh
+CARGO ?= cargo
+
+.PHONY: demo test lint test-unit test-emulator test-e2e test-demo testenv build audit
+
+## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
+demo:
+	tests/demo.sh
+
+## test: every tier: lint, unit + component, emulator, end to end, demo smoke run.
+test: lint test-unit test-emulator test-e2e test-demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## unit tests (src/) and component tests (kube through a scripted API server).
+test-unit:
+	$(CARGO) test --locked --lib --bins --test component
+
+testenv:
+	$(TESTENV) build
+
+## the emulator's own tests, in the venv testenv builds.
+test-emulator: testenv
+	"$$($(TESTENV) venv)/bin/python" -m pytest -q -p no:cacheprovider tests/ecr-emulator
+
+## end to end: the real binary against kube-apiserver + etcd + the ECR emulator. Serial:
+## the tests share one emulator and its call counter.
+test-e2e: testenv
+	$(CARGO) build --locked --bins --tests
+	$(TESTENV) run -- $(CARGO) test --locked --test 'e2e_*' -- --test-threads=1
+
+## the README's first command, bounded in time.
+test-demo: testenv
+	DEMO_DURATION=10 tests/demo.sh
+
+build:
+	$(CARGO) build --locked --release
+
+## advisory check (needs the RustSec advisory database).
+audit:
+	$(CARGO) audit

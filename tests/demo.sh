@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# `make demo`: a real kube-apiserver + etcd and the ECR emulator on 127.0.0.1, the controller
+# running against them, a few namespaces, and each secret's registries and expiry (never the
+# token). Ctrl-C stops everything. DEMO_DURATION=N stops after N seconds (used by `make test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEMO_TTL=${DEMO_TTL:-60}
+DEMO_DURATION=${DEMO_DURATION:-}
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+tests/install-deps.sh
+say "building the controller and the test environment (cached after the first run)"
+cargo build --locked --quiet
+tests/testenv.sh build
+
+say "starting kube-apiserver, etcd and the ECR emulator"
+exports=$(tests/testenv.sh up)
+eval "$exports"
+controller_pid=
+cleanup() {
+  trap - EXIT INT TERM
+  if [[ -n $controller_pid ]] && kill -0 "$controller_pid" 2>/dev/null; then
+    say "stopping the controller (SIGTERM)"
+    kill -TERM "$controller_pid"
+    wait "$controller_pid" && echo "controller exited 0" || echo "controller exited $?"
+  fi
+  tests/testenv.sh down "$TESTENV_DIR"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+# Short tokens so refreshes are visible: the controller refreshes half-way through.
+printf '{"ttl_seconds": %d}\n' "$DEMO_TTL" >"$ECR_EMULATOR_CONTROL"
+for ns in team-a team-b team-c skipped; do kubectl create namespace "$ns" >/dev/null; done
+echo "namespaces: team-a team-b team-c skipped (excluded)"
+
+say "starting the controller"
+log=$TESTENV_DIR/controller.log
+"${CARGO_TARGET_DIR:-target}/debug/ecr-pull-secrets" run --exclude-namespaces skipped,kube-node-lease >"$log" 2>&1 &
+controller_pid=$!
+echo "pid $controller_pid, log $log"
+
+show() {
+  kubectl get secrets -A -l app.kubernetes.io/managed-by=ecr-pull-secrets \
+    -o custom-columns='NAMESPACE:.metadata.namespace,SECRET:.metadata.name,REGISTRIES:.metadata.annotations.ecr-pull-secrets\.io/registries,EXPIRES:.metadata.annotations.ecr-pull-secrets\.io/expires-at,TYPE:.type'
+  echo "AWS GetAuthorizationToken calls so far: $(cat "$ECR_EMULATOR_CALLS")"
+}
+
+deadline=$((SECONDS + 60))
+until kubectl get secret ecr-pull-secret -n team-c >/dev/null 2>&1; do
+  kill -0 "$controller_pid" 2>/dev/null || { cat "$log"; echo "controller died" >&2; exit 1; }
+  ((SECONDS < deadline)) || { cat "$log"; echo "no secret after 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+say "secrets written"
+show
+
+say "creating namespace team-new while the controller runs"
+kubectl create namespace team-new >/dev/null
+start=$(date +%s%N)
+until kubectl get secret ecr-pull-secret -n team-new >/dev/null 2>&1; do
+  (($(date +%s%N) - start < 10000000000)) || { echo "team-new got no secret" >&2; exit 1; }
+done
+echo "team-new has its secret after $((($(date +%s%N) - start) / 1000000)) ms"
+if kubectl get secret ecr-pull-secret -n skipped >/dev/null 2>&1; then
+  echo "excluded namespace got a secret" >&2
+  exit 1
+fi
+echo "namespace 'skipped' is excluded and has no secret"
+
+say "watching (tokens live ${DEMO_TTL}s and are refreshed about half-way); Ctrl-C to stop"
+end=$((SECONDS + ${DEMO_DURATION:-31536000}))
+while ((SECONDS < end)); do
+  kill -0 "$controller_pid" 2>/dev/null || { cat "$log"; echo "controller died" >&2; exit 1; }
+  sleep "$((end - SECONDS < 15 ? (end - SECONDS > 0 ? end - SECONDS : 1) : 15))"
+  echo
+  date -u +%H:%M:%S
+  show
+done

@@ -1,0 +1,361 @@
+//! End to end: the real binary against a real kube-apiserver + etcd and the ECR emulator.
+//! Run through `tests/testenv.sh run -- cargo test --test e2e_skeleton -- --test-threads=1`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::*;
+
+/// Every namespace that exists, is not terminating and is not in `except`.
+async fn live_namespaces(client: &Client, except: &[&str]) -> Vec<String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .map(|ns| ns.name_any())
+        .filter(|n| !except.contains(&n.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn secrets_reach_every_selected_namespace_and_new_ones_within_a_second() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("fanout");
+    let (a, b, excluded, late) = (
+        format!("{p}-a"),
+        format!("{p}-b"),
+        format!("{p}-excluded"),
+        format!("{p}-late"),
+    );
+    for ns in [&a, &b, &excluded] {
+        create_namespace(&client, ns).await;
+    }
+    let secret_name = format!("pull-{p}");
+    let calls_before = env.aws_calls();
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--exclude-namespaces",
+            &format!("{excluded},kube-node-lease"),
+        ],
+    );
+
+    // Every existing, non-excluded namespace gets the secret.
+    let expected = live_namespaces(&client, &[&excluded, "kube-node-lease"]).await;
+    assert!(
+        expected.contains(&a) && expected.contains(&b) && expected.contains(&"default".to_string())
+    );
+    let secrets = eventually(
+        "the secret in every selected namespace",
+        Duration::from_secs(30),
+        || async {
+            let mut found = BTreeMap::new();
+            for ns in &expected {
+                found.insert(ns.clone(), get_secret(&client, ns, &secret_name).await?);
+            }
+            Some(found)
+        },
+    )
+    .await;
+
+    // One token, from the emulator, under the credentials' own registry, not expired.
+    let decoded: Vec<PullSecret> = secrets.values().map(decode).collect();
+    let passwords: BTreeSet<&str> = decoded.iter().map(|d| d.password.as_str()).collect();
+    assert_eq!(passwords.len(), 1, "every namespace holds the same token");
+    let first = &decoded[0];
+    assert_eq!(first.hosts, [env.default_registry()]);
+    assert!(first.expires_at > SystemTime::now());
+    let call = env
+        .issuing_call(&first.password)
+        .expect("the token was issued by the emulator");
+    assert_eq!(call["outcome"], "ok");
+    assert_eq!(call["region"], env.region.as_str());
+    assert_eq!(
+        env.aws_calls() - calls_before,
+        1,
+        "one AWS call for {} namespaces",
+        expected.len()
+    );
+
+    // A namespace created after start has it within a second.
+    create_namespace(&client, &late).await;
+    let created = Instant::now();
+    let secret = eventually(
+        "the secret in a new namespace",
+        Duration::from_secs(1),
+        || async { get_secret(&client, &late, &secret_name).await },
+    )
+    .await;
+    eprintln!("new namespace got its secret after {:?}", created.elapsed());
+    assert_eq!(decode(&secret).password, first.password);
+
+    // The excluded namespace never got it (the controller has handled a later event by now).
+    assert!(get_secret(&client, &excluded, &secret_name).await.is_none());
+    assert_eq!(
+        env.aws_calls() - calls_before,
+        1,
+        "new namespaces cost no AWS call"
+    );
+
+    assert_eq!(
+        controller.terminate(Duration::from_secs(10)),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
+    delete_namespaces(&client, &[a, b, excluded, late]).await;
+}
+
+/// One observed version of a managed secret.
+#[derive(Debug, Clone)]
+struct Observed {
+    at: SystemTime,
+    namespace: String,
+    secret: PullSecret,
+}
+
+#[tokio::test]
+async fn short_tokens_are_replaced_before_expiry_with_one_call_per_refresh() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("refresh");
+    let namespaces: Vec<String> = (0..20).map(|i| format!("{p}-{i:02}")).collect();
+    for ns in &namespaces {
+        create_namespace(&client, ns).await;
+    }
+    let ttl = 6;
+    env.set_emulator(&json!({ "ttl_seconds": ttl }));
+    let secret_name = format!("pull-{p}");
+
+    // Record every version of every managed secret as the API server publishes it.
+    let observed: Arc<Mutex<Vec<Observed>>> = Arc::default();
+    let api: Api<Secret> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={secret_name}"));
+    let sink = observed.clone();
+    let recorder = tokio::spawn(async move {
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) = event {
+                let entry = Observed {
+                    at: SystemTime::now(),
+                    namespace: secret.namespace().unwrap_or_default(),
+                    secret: decode(&secret),
+                };
+                sink.lock().unwrap().push(entry);
+            }
+        }
+    });
+
+    let calls_before = env.aws_calls();
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &namespaces.join(","),
+        ],
+    );
+    // Several refresh cycles: wait until every namespace has seen four distinct tokens.
+    eventually(
+        "four token versions in every namespace",
+        Duration::from_secs(60),
+        || async {
+            let seen = observed.lock().unwrap().clone();
+            namespaces
+                .iter()
+                .all(|ns| {
+                    seen.iter()
+                        .filter(|o| &o.namespace == ns)
+                        .map(|o| o.secret.password.clone())
+                        .collect::<BTreeSet<_>>()
+                        .len()
+                        >= 4
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    recorder.abort();
+    let calls = env.aws_calls() - calls_before;
+    env.set_emulator(&json!({}));
+
+    let seen = observed.lock().unwrap().clone();
+    let mut tokens = BTreeSet::new();
+    for ns in &namespaces {
+        let versions: Vec<&Observed> = seen.iter().filter(|o| &o.namespace == ns).collect();
+        for version in &versions {
+            assert!(
+                version.at < version.secret.expires_at,
+                "{ns} held an expired token at {:?}",
+                version.at
+            );
+            let call = env
+                .issuing_call(&version.secret.password)
+                .expect("issued by the emulator");
+            let issued_expiry = call["expires_at"].as_f64().unwrap();
+            let annotated = version
+                .secret
+                .expires_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            assert!(
+                (issued_expiry - annotated).abs() < 1.0,
+                "expiry annotation matches the token"
+            );
+            tokens.insert(version.secret.password.clone());
+        }
+        // Each replacement happened before the replaced token expired.
+        for pair in versions.windows(2) {
+            if pair[0].secret.password != pair[1].secret.password {
+                assert!(
+                    pair[1].at < pair[0].secret.expires_at,
+                    "{ns}: token replaced at {:?}, after its expiry {:?}",
+                    pair[1].at,
+                    pair[0].secret.expires_at
+                );
+            }
+        }
+    }
+    // One AWS call per refresh, whatever the number of namespaces: every call's token was
+    // written (at most one more in flight at shutdown), never one call per namespace.
+    eprintln!(
+        "{calls} AWS calls, {} distinct tokens, {} namespaces",
+        tokens.len(),
+        namespaces.len()
+    );
+    assert!(calls >= tokens.len() as u64);
+    assert!(
+        calls <= tokens.len() as u64 + 1,
+        "{calls} calls for {} tokens",
+        tokens.len()
+    );
+    delete_namespaces(&client, &namespaces).await;
+}
+
+#[tokio::test]
+async fn credentials_from_a_secret_are_used() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("creds");
+    let system = format!("{p}-system");
+    let target = format!("{p}-app");
+    create_namespace(&client, &system).await;
+    create_namespace(&client, &target).await;
+    let key_id = "AKIASECRETKEYS000001";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &system);
+    let credentials = Secret {
+        metadata: ObjectMeta {
+            name: Some("aws-credentials".into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("aws_access_key_id".to_string(), format!("{key_id}\n")),
+            (
+                "aws_secret_access_key".to_string(),
+                "secret-from-kubernetes".to_string(),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &credentials)
+        .await
+        .unwrap();
+    // Only the Secret's key is accepted; the environment's dummy keys would be refused.
+    env.set_emulator(&json!({ "allowed_access_keys": [key_id] }));
+
+    let secret_name = format!("pull-{p}");
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &target,
+            "--credentials-secret",
+            "aws-credentials",
+            "--namespace",
+            &system,
+        ],
+    );
+    let secret = eventually(
+        "the secret written with the Secret's keys",
+        Duration::from_secs(30),
+        || async { get_secret(&client, &target, &secret_name).await },
+    )
+    .await;
+    let call = env.issuing_call(&decode(&secret).password).unwrap();
+    assert_eq!(call["access_key_id"], key_id);
+    env.set_emulator(&json!({}));
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    let log = controller.log_text();
+    assert!(
+        !log.contains("secret-from-kubernetes"),
+        "the secret key never reaches the log"
+    );
+    delete_namespaces(&client, &[system, target]).await;
+}
+
+#[tokio::test]
+async fn bad_input_exits_non_zero_naming_the_problem_and_the_fix() {
+    let Some(env) = testenv() else { return };
+    let p = unique("badinput");
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec!["--registry", "example.com"],
+            vec![],
+            "expected <12-digit account>.dkr.ecr",
+        ),
+        (vec!["--refresh-fraction", "2"], vec![], "between 0 and 1"),
+        (
+            vec![
+                "--credentials-secret",
+                "does-not-exist",
+                "--namespace",
+                "default",
+            ],
+            vec![],
+            "credentials Secret default/does-not-exist not found; create it",
+        ),
+        (
+            vec![],
+            vec![("KUBECONFIG", "/nonexistent/kubeconfig")],
+            "KUBECONFIG",
+        ),
+        (
+            vec![],
+            vec![("AWS_REGION", "")],
+            "set --region / AWS_REGION",
+        ),
+    ];
+    for (i, (args, vars, expected)) in cases.into_iter().enumerate() {
+        let mut controller = env.controller_with_env(&format!("{p}-{i}"), &args, &vars);
+        let code = controller.wait_exit(Duration::from_secs(20));
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{args:?} {vars:?}: exit code {code:?}"
+        );
+        let log = controller.log_text();
+        assert!(
+            log.contains(expected),
+            "{args:?} {vars:?}: expected {expected:?} in\n{log}"
+        );
+    }
+}

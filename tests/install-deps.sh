@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for the test environment and the demo: Debian packages
+# (only when a command is missing). Go, Rust and Python 3 are expected on the machine.
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+missing=()
+command -v jq >/dev/null || missing+=(jq)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl ca-certificates)
+command -v flock >/dev/null || missing+=(util-linux)
+command -v ps >/dev/null || missing+=(procps)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+
+if ((${#missing[@]} > 0)); then
+  log "installing ${missing[*]}"
+  sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+for tool in go cargo python3; do
+  command -v "$tool" >/dev/null || { log "error: $tool is required (install it, then rerun)"; exit 1; }
+done

@@ -1,0 +1,308 @@
+//! Shared end-to-end harness: the real binary against `tests/testenv.sh` (kube-apiserver, etcd
+//! and the ECR emulator). Waits use deadlines, never fixed sleeps.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The running test environment, from the variables `tests/testenv.sh up` exports.
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub control: PathBuf,
+    pub calls: PathBuf,
+    pub call_log: PathBuf,
+    pub region: String,
+}
+
+/// The environment, or `None` (skip) outside CI. With `CI=true` a missing environment fails
+/// the test: CI must never pass by skipping.
+pub fn testenv() -> Option<TestEnv> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let vars = (
+        var("TESTENV_DIR"),
+        var("KUBECONFIG"),
+        var("ECR_EMULATOR_CONTROL"),
+        var("ECR_EMULATOR_CALLS"),
+        var("ECR_EMULATOR_LOG"),
+    );
+    let (Some(dir), Some(_), Some(control), Some(calls), Some(call_log)) = vars else {
+        let message = "end-to-end environment missing: run through `tests/testenv.sh run -- cargo test --test e2e_...` \
+                       (or `make test`)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    };
+    let env = TestEnv {
+        dir: dir.into(),
+        control: control.into(),
+        calls: calls.into(),
+        call_log: call_log.into(),
+        region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
+    };
+    env.set_emulator(&serde_json::json!({}));
+    Some(env)
+}
+
+impl TestEnv {
+    /// Replaces the emulator's control file atomically (it is re-read on every call).
+    pub fn set_emulator(&self, control: &Value) {
+        let tmp = self.control.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(control).unwrap()).unwrap();
+        std::fs::rename(&tmp, &self.control).unwrap();
+    }
+
+    /// GetAuthorizationToken calls the emulator has answered so far.
+    pub fn aws_calls(&self) -> u64 {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// The emulator's call log: one JSON object per call.
+    pub fn call_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.call_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The call that issued the token whose password hashes to `sha`.
+    pub fn issuing_call(&self, password: &str) -> Option<Value> {
+        let sha = sha256_hex(password.as_bytes());
+        self.call_log()
+            .into_iter()
+            .find(|c| c["password_sha256"].as_str() == Some(sha.as_str()))
+    }
+
+    pub fn default_registry(&self) -> String {
+        format!("123456789012.dkr.ecr.{}.amazonaws.com", self.region)
+    }
+
+    /// Starts the controller binary; it is stopped when the guard drops.
+    pub fn controller(&self, name: &str, args: &[&str]) -> Controller {
+        self.controller_with_env(name, args, &[])
+    }
+
+    pub fn controller_with_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Controller {
+        let log = self.dir.join(format!("controller-{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
+            .args(["run"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start the controller binary");
+        Controller {
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A controller process under test.
+pub struct Controller {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        signal(child.id(), "TERM");
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "--- controller log {} (last 40 lines) ---",
+                self.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A unique prefix so tests never see each other's namespaces.
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = rand::random::<u32>() % 1_000_000;
+    format!("{prefix}-{n:06}")
+}
+
+pub async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG")
+}
+
+pub async fn create_namespace(client: &Client, name: &str) {
+    create_namespace_labeled(client, name, BTreeMap::new()).await;
+}
+
+pub async fn create_namespace_labeled(
+    client: &Client,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
+/// Namespaces stay Terminating without a controller-manager; delete is still right for hygiene.
+pub async fn delete_namespaces(client: &Client, names: &[String]) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for name in names {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+pub async fn get_secret(client: &Client, namespace: &str, name: &str) -> Option<Secret> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await.expect("get secret")
+}
+
+/// Polls until `check` returns `Some`, or panics with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a pull secret holds, decoded and checked for shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSecret {
+    pub hosts: Vec<String>,
+    pub password: String,
+    pub expires_at: SystemTime,
+    pub resource_version: String,
+}
+
+/// Decodes our Secret; panics if it is not a valid dockerconfigjson Secret.
+pub fn decode(secret: &Secret) -> PullSecret {
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let data = secret.data.as_ref().expect("data");
+    let config: Value =
+        serde_json::from_slice(&data[".dockerconfigjson"].0).expect("config is JSON");
+    let auths = config["auths"].as_object().expect("auths object");
+    assert!(!auths.is_empty(), "auths is empty");
+    let mut passwords = Vec::new();
+    for (host, entry) in auths {
+        assert!(!host.contains("://"), "host {host} has a scheme");
+        assert_eq!(entry["username"], "AWS");
+        let password = entry["password"].as_str().unwrap().to_string();
+        assert!(!password.is_empty());
+        let auth = STANDARD.decode(entry["auth"].as_str().unwrap()).unwrap();
+        assert_eq!(auth, format!("AWS:{password}").into_bytes());
+        passwords.push(password);
+    }
+    let expires = secret.annotations()["ecr-pull-secrets.io/expires-at"].clone();
+    PullSecret {
+        hosts: auths.keys().cloned().collect(),
+        password: passwords[0].clone(),
+        expires_at: humantime::parse_rfc3339(&expires).expect("expires-at annotation"),
+        resource_version: secret.resource_version().unwrap_or_default(),
+    }
+}
