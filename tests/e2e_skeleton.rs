@@ -317,7 +317,9 @@ async fn credentials_from_a_secret_are_used() {
 async fn bad_input_exits_non_zero_naming_the_problem_and_the_fix() {
     let Some(env) = testenv() else { return };
     let p = unique("badinput");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, expected message)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--registry", "example.com"],
             vec![],
