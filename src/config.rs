@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::credentials::AssumeRole;
 use crate::registry::{RegistryHost, is_region};
 use crate::selection::Selection;
 use crate::token::RefreshPolicy;
@@ -102,6 +103,28 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Also write credentials for ECR Public (public.ecr.aws; token from us-east-1). Needs
+    /// ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken.
+    #[arg(long, env = "ECR_PULL_SECRETS_ECR_PUBLIC")]
+    pub ecr_public: bool,
+
+    /// IAM role to assume (with STS) on top of the base credentials, e.g.
+    /// arn:aws:iam::123456789012:role/ecr-puller.
+    #[arg(long, env = "ECR_PULL_SECRETS_ROLE_ARN")]
+    pub role_arn: Option<String>,
+
+    /// External ID required by the role's trust policy.
+    #[arg(long, env = "ECR_PULL_SECRETS_ROLE_EXTERNAL_ID", requires = "role_arn")]
+    pub role_external_id: Option<String>,
+
+    /// Session name of the assumed role (shows in CloudTrail).
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_ROLE_SESSION_NAME",
+        default_value = "ecr-pull-secrets"
+    )]
+    pub role_session_name: String,
+
     /// Refresh at least this long before the token expires (e.g. 1h, 30m).
     #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_duration)]
     pub refresh_margin: Duration,
@@ -122,7 +145,12 @@ pub struct RunArgs {
 impl RunArgs {
     /// Cross-flag checks clap cannot express. Errors name the flag and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        if self.registries.is_empty() {
+        if let Some(arn) = &self.role_arn {
+            crate::credentials::validate_role_arn(arn)?;
+        }
+        if self.registries.is_empty()
+            && !(self.ecr_public && self.region.as_deref().unwrap_or("").is_empty())
+        {
             match self.region.as_deref() {
                 None | Some("") => {
                     return Err(
@@ -158,7 +186,11 @@ impl RunArgs {
     /// Regions to fetch a token for: those of the configured registries, else --region.
     pub fn regions(&self) -> Vec<String> {
         let mut regions: Vec<String> = if self.registries.is_empty() {
-            self.region.iter().cloned().collect()
+            self.region
+                .iter()
+                .filter(|r| !r.is_empty())
+                .cloned()
+                .collect()
         } else {
             self.registries
                 .iter()
@@ -168,6 +200,14 @@ impl RunArgs {
         regions.sort();
         regions.dedup();
         regions
+    }
+
+    pub fn assume_role(&self) -> Option<AssumeRole> {
+        self.role_arn.as_ref().map(|arn| AssumeRole {
+            role_arn: arn.clone(),
+            external_id: self.role_external_id.clone(),
+            session_name: self.role_session_name.clone(),
+        })
     }
 
     pub fn selection(&self) -> Selection {
@@ -263,7 +303,7 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_problem_and_the_fix() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 8] = [
             (
                 &["--registry", "example.com", "--region", "us-east-1"],
                 "expected <12-digit account>",
@@ -290,11 +330,27 @@ mod tests {
                 ],
                 "not a valid namespace name",
             ),
+            (
+                &["--region", "us-east-1", "--role-arn", "puller"],
+                "not an IAM role ARN",
+            ),
+            (
+                &["--region", "us-east-1", "--role-external-id", "x"],
+                "--role-arn",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args).expect_err(&format!("{args:?}"));
             assert!(err.contains(expected), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn ecr_public_alone_needs_no_region() {
+        let run = parse(&["--ecr-public", "--region", ""]).unwrap();
+        assert!(run.regions().is_empty());
+        let run = parse(&["--ecr-public", "--region", "eu-west-1"]).unwrap();
+        assert_eq!(run.regions(), ["eu-west-1"]);
     }
 
     #[test]

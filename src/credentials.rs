@@ -1,11 +1,16 @@
-//! AWS credentials: from a Kubernetes Secret in the controller's namespace, or the default AWS
-//! chain (environment, profile, web identity).
+//! AWS credentials: from a Kubernetes Secret in the controller's namespace (watched, so rotated
+//! keys are used at the next fetch), or the default AWS chain (environment, profile, web
+//! identity); optionally a role assumed on top of either.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use aws_credential_types::Credentials;
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider, future};
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 
 /// Accepted spellings of each key, lower case first (the original Go controller's) then the
@@ -118,6 +123,129 @@ pub async fn load_from_secret(
     from_secret_data(namespace, name, &secret.data.unwrap_or_default())
 }
 
+/// Static keys from a Secret, replaced in place when the Secret changes. Never cached by the
+/// SDK (see `run`), so every fetch uses the newest keys.
+#[derive(Debug, Clone)]
+pub struct SecretCredentials {
+    current: Arc<RwLock<Credentials>>,
+}
+
+impl SecretCredentials {
+    pub fn new(initial: Credentials) -> SecretCredentials {
+        SecretCredentials {
+            current: Arc::new(RwLock::new(initial)),
+        }
+    }
+
+    fn replace(&self, credentials: Credentials) -> bool {
+        let mut current = self.current.write().expect("credentials lock");
+        let changed = current.access_key_id() != credentials.access_key_id()
+            || current.secret_access_key() != credentials.secret_access_key()
+            || current.session_token() != credentials.session_token();
+        *current = credentials;
+        changed
+    }
+
+    /// Follows the Secret by name until dropped. An invalid or deleted Secret keeps the last
+    /// good keys in use (loudly): never make it worse.
+    pub async fn follow(self, client: Client, namespace: String, name: String) {
+        let api: Api<Secret> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                    match from_secret_data(&namespace, &name, &secret.data.unwrap_or_default()) {
+                        Ok(credentials) => {
+                            if self.replace(credentials) {
+                                tracing::info!(
+                                    namespace,
+                                    secret = name,
+                                    "credentials Secret changed; the new keys are used from the next token fetch"
+                                );
+                            }
+                        }
+                        Err(error) => tracing::error!(
+                            error = %error,
+                            "credentials Secret is invalid; keeping the previous keys"
+                        ),
+                    }
+                }
+                Ok(watcher::Event::Delete(_)) => tracing::error!(
+                    namespace,
+                    secret = name,
+                    "credentials Secret was deleted; keeping the previous keys until it is recreated"
+                ),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(error) => tracing::warn!(
+                    namespace,
+                    secret = name,
+                    error = %error,
+                    "watching the credentials Secret failed; retrying"
+                ),
+            }
+        }
+    }
+}
+
+impl ProvideCredentials for SecretCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let credentials: provider::Result =
+            Ok(self.current.read().expect("credentials lock").clone());
+        future::ProvideCredentials::ready(credentials)
+    }
+}
+
+/// A role to assume on top of the base credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    pub external_id: Option<String>,
+    pub session_name: String,
+}
+
+/// Wraps `base` in an STS AssumeRole provider. The SDK config supplies the STS endpoint and
+/// region; the assumed credentials are fetched anew for every token fetch (one STS call per
+/// refresh), so rotated base keys apply at once.
+pub async fn assume_role(
+    sdk_config: &aws_config::SdkConfig,
+    base: SharedCredentialsProvider,
+    role: &AssumeRole,
+) -> SharedCredentialsProvider {
+    let mut builder = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
+        .configure(sdk_config)
+        .session_name(role.session_name.clone());
+    if let Some(id) = &role.external_id {
+        builder = builder.external_id(id.clone());
+    }
+    SharedCredentialsProvider::new(builder.build_from_provider(base).await)
+}
+
+/// Checks the shape of a role ARN: `arn:<partition>:iam::<12-digit account>:role/<name>`.
+pub fn validate_role_arn(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|n| !n.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--role-arn {arn:?} is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +321,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.to_string().contains("AKIDVALUE"));
+    }
+
+    #[tokio::test]
+    async fn provider_hands_out_the_newest_keys() {
+        let creds = |id: &str| Credentials::new(id, "secret", None, None, "test");
+        let provider = SecretCredentials::new(creds("AKIA1"));
+        assert_eq!(
+            provider
+                .provide_credentials()
+                .await
+                .unwrap()
+                .access_key_id(),
+            "AKIA1"
+        );
+        assert!(!provider.replace(creds("AKIA1")));
+        assert!(provider.replace(creds("AKIA2")));
+        assert_eq!(
+            provider
+                .provide_credentials()
+                .await
+                .unwrap()
+                .access_key_id(),
+            "AKIA2"
+        );
+    }
+
+    #[test]
+    fn role_arns() {
+        for ok in [
+            "arn:aws:iam::123456789012:role/puller",
+            "arn:aws:iam::123456789012:role/path/to/puller",
+            "arn:aws-cn:iam::123456789012:role/puller",
+            "arn:aws-us-gov:iam::123456789012:role/puller",
+        ] {
+            assert!(validate_role_arn(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "puller",
+            "arn:aws:iam::12345:role/puller",
+            "arn:aws:iam::123456789012:user/bob",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:sts::123456789012:role/puller",
+        ] {
+            let err = validate_role_arn(bad).unwrap_err();
+            assert!(err.contains("expected arn:aws:iam::"), "{bad}: {err}");
+        }
     }
 }

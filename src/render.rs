@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::registry::RegistryHost;
-use crate::token::Token;
+use crate::token::{ECR_PUBLIC, Token};
 
 /// The docker config of one Secret, ready to write. `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -77,17 +77,18 @@ pub fn render(
         );
         expires_at = Some(expires_at.map_or(token.expires_at, |e| e.min(token.expires_at)));
     };
-    if hosts.is_empty() {
-        for token in tokens.values() {
-            add(token.proxy_endpoint.host(), token);
+    for token in tokens.values() {
+        // ECR Public has one host; private tokens go under their own registry only when no
+        // hosts are configured.
+        if token.identity == ECR_PUBLIC || hosts.is_empty() {
+            add(&token.registry, token);
         }
-    } else {
-        for host in hosts {
-            let token = tokens
-                .get(host.region())
-                .ok_or_else(|| RenderError::NoToken(host.region().to_string()))?;
-            add(host.host(), token);
-        }
+    }
+    for host in hosts {
+        let token = tokens
+            .get(host.region())
+            .ok_or_else(|| RenderError::NoToken(host.region().to_string()))?;
+        add(host.host(), token);
     }
     let expires_at = expires_at.ok_or(RenderError::NoHosts)?;
     let hosts = auths.keys().cloned().collect();
@@ -195,6 +196,34 @@ mod tests {
         assert_eq!(String::from_utf8(rendered.config.clone()).unwrap(), golden);
         assert_eq!(rendered.fingerprint, fingerprint(golden.as_bytes()));
         assert_eq!(rendered.fingerprint.len(), 64);
+    }
+
+    #[test]
+    fn ecr_public_is_written_under_its_one_host() {
+        let mut tokens = tokens();
+        let public = Token::public(
+            &STANDARD.encode("AWS:pw-public"),
+            t0(),
+            t0() + Duration::from_secs(600),
+        )
+        .unwrap();
+        tokens.insert(crate::token::ECR_PUBLIC.to_string(), public);
+        let hosts = vec![
+            "111111111111.dkr.ecr.us-east-1.amazonaws.com"
+                .parse()
+                .unwrap(),
+        ];
+        let rendered = render(&tokens, &hosts).unwrap();
+        assert_eq!(
+            rendered.hosts,
+            [
+                "111111111111.dkr.ecr.us-east-1.amazonaws.com",
+                "public.ecr.aws"
+            ]
+        );
+        assert_eq!(rendered.expires_at, t0() + Duration::from_secs(600));
+        let config: serde_json::Value = serde_json::from_slice(&rendered.config).unwrap();
+        assert_eq!(config["auths"]["public.ecr.aws"]["password"], "pw-public");
     }
 
     #[test]

@@ -15,21 +15,25 @@ use tokio::task::JoinSet;
 
 use crate::Error;
 use crate::config::RunArgs;
-use crate::credentials;
+use crate::credentials::{self, SecretCredentials};
 use crate::reconcile::{self, Context};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
-use crate::token::{self, Backoff, EcrTokenSource, Token};
+use crate::token::{self, Backoff, EcrPublicTokenSource, EcrTokenSource, Token};
+use aws_config::identity::IdentityCache;
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     args.validate().map_err(Error::Config)?;
     let client = connect().await?;
     preflight(&client, &args).await?;
 
-    let sdk_config = aws_config(&client, &args).await?;
+    let mut tasks = JoinSet::new();
+    let sdk_config = aws_config(&client, &args, &mut tasks).await?;
     let regions = args.regions();
     tracing::info!(
         regions = regions.join(","),
+        ecr_public = args.ecr_public,
+        role = args.role_arn.as_deref().unwrap_or("none"),
         registries = args
             .registries
             .iter()
@@ -40,12 +44,19 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         "starting"
     );
 
-    let mut tasks = JoinSet::new();
     let (tokens_tx, tokens_rx) = watch::channel(BTreeMap::new());
     for region in &regions {
         let source = EcrTokenSource::new(&sdk_config, region);
         tasks.spawn(token::keep_fresh(
             source,
+            args.refresh_policy(),
+            Backoff::default(),
+            tokens_tx.clone(),
+        ));
+    }
+    if args.ecr_public {
+        tasks.spawn(token::keep_fresh(
+            EcrPublicTokenSource::new(&sdk_config),
             args.refresh_policy(),
             Backoff::default(),
             tokens_tx.clone(),
@@ -121,26 +132,62 @@ async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
     }
 }
 
-/// The AWS configuration: static keys from the credentials Secret, or the default chain.
-async fn aws_config(client: &Client, args: &RunArgs) -> Result<aws_config::SdkConfig, Error> {
-    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    let loader = match &args.credentials_secret {
-        Some(name) => {
-            let namespace = args
-                .namespace
+/// The AWS configuration: base credentials from the credentials Secret (followed by a task in
+/// `tasks`) or the default chain, optionally with a role assumed on top.
+async fn aws_config(
+    client: &Client,
+    args: &RunArgs,
+    tasks: &mut JoinSet<()>,
+) -> Result<aws_config::SdkConfig, Error> {
+    // No identity cache: every token fetch resolves credentials anew, so rotated keys (and
+    // a fresh AssumeRole) apply at the next refresh. Fetches are hours apart; caching buys nothing.
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .identity_cache(IdentityCache::no_cache());
+    // The region of STS (assume role): --region, else the first registry's, else us-east-1
+    // (ECR Public only). Each ECR client sets its own region.
+    let sts_region = args
+        .region
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or_else(|| args.regions().into_iter().next())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    loader = loader.region(aws_config::Region::new(sts_region));
+    if let Some(name) = &args.credentials_secret {
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let initial = credentials::load_from_secret(client.clone(), &namespace, name).await?;
+        let provider = SecretCredentials::new(initial);
+        tasks.spawn(
+            provider
                 .clone()
-                .unwrap_or_else(|| client.default_namespace().to_string());
-            let creds = credentials::load_from_secret(client.clone(), &namespace, name).await?;
-            tracing::info!(
-                namespace,
-                secret = name,
-                "using AWS credentials from Secret"
-            );
-            loader.credentials_provider(creds)
-        }
-        None => loader,
+                .follow(client.clone(), namespace.clone(), name.clone()),
+        );
+        tracing::info!(
+            namespace,
+            secret = name,
+            "using AWS credentials from Secret (watched for rotation)"
+        );
+        loader = loader.credentials_provider(provider);
+    }
+    let sdk_config = loader.load().await;
+    let Some(role) = args.assume_role() else {
+        return Ok(sdk_config);
     };
-    Ok(loader.load().await)
+    let base = sdk_config.credentials_provider().ok_or_else(|| {
+        Error::Config("no AWS credentials to assume the role with: set a credentials Secret or the default chain".into())
+    })?;
+    let assumed = credentials::assume_role(&sdk_config, base, &role).await;
+    tracing::info!(
+        role = role.role_arn,
+        session = role.session_name,
+        "assuming role for every token fetch"
+    );
+    Ok(sdk_config
+        .into_builder()
+        .credentials_provider(assumed)
+        .build())
 }
 
 /// Renders the docker config whenever a token changes; publishes only valid, changed configs.

@@ -6,6 +6,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,12 +15,19 @@ use tokio::sync::watch;
 
 use crate::registry::RegistryHost;
 
-/// An ECR token for one region. `Debug` never shows the token.
+/// Key of ECR Public's token in the token map (private tokens are keyed by region).
+pub const ECR_PUBLIC: &str = "ecr-public";
+/// The one registry host of ECR Public.
+pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
+
+/// An ECR token for one identity (a region, or ECR Public). `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
-    pub region: String,
-    /// The registry of the credentials' own account in this region (ECR's `proxyEndpoint`).
-    pub proxy_endpoint: RegistryHost,
+    /// The region for private ECR, [`ECR_PUBLIC`] for ECR Public.
+    pub identity: String,
+    /// The registry this token is written under when no hosts are configured: the
+    /// credentials' own account in the region (ECR's `proxyEndpoint`), or `public.ecr.aws`.
+    pub registry: String,
     /// base64 of `AWS:<password>`, as ECR returns it and as docker's `auth` field wants it.
     auth: String,
     pub fetched_at: SystemTime,
@@ -28,8 +37,8 @@ pub struct Token {
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
-            .field("region", &self.region)
-            .field("proxy_endpoint", &self.proxy_endpoint)
+            .field("identity", &self.identity)
+            .field("registry", &self.registry)
             .field("auth", &"<redacted>")
             .field("fetched_at", &self.fetched_at)
             .field("expires_at", &self.expires_at)
@@ -57,11 +66,46 @@ pub enum InvalidToken {
 }
 
 impl Token {
-    /// Builds a token from ECR's answer, refusing anything that would render an unusable config.
-    pub fn new(
+    /// A private ECR token from GetAuthorizationToken's answer in `region`.
+    pub fn private(
         region: &str,
         authorization_token: &str,
         proxy_endpoint: &str,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Token, InvalidToken> {
+        let registry = proxy_endpoint
+            .parse::<RegistryHost>()
+            .map_err(|e| InvalidToken::ProxyEndpoint(e.to_string()))?;
+        Token::validated(
+            region,
+            registry.host(),
+            authorization_token,
+            fetched_at,
+            expires_at,
+        )
+    }
+
+    /// An ECR Public token (always issued in us-east-1).
+    pub fn public(
+        authorization_token: &str,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<Token, InvalidToken> {
+        Token::validated(
+            ECR_PUBLIC,
+            ECR_PUBLIC_HOST,
+            authorization_token,
+            fetched_at,
+            expires_at,
+        )
+    }
+
+    /// Refuses anything that would render an unusable config.
+    fn validated(
+        identity: &str,
+        registry: &str,
+        authorization_token: &str,
         fetched_at: SystemTime,
         expires_at: SystemTime,
     ) -> Result<Token, InvalidToken> {
@@ -76,12 +120,9 @@ impl Token {
         if expires_at <= fetched_at {
             return Err(InvalidToken::Expired);
         }
-        let proxy_endpoint = proxy_endpoint
-            .parse::<RegistryHost>()
-            .map_err(|e| InvalidToken::ProxyEndpoint(e.to_string()))?;
         Ok(Token {
-            region: region.to_string(),
-            proxy_endpoint,
+            identity: identity.to_string(),
+            registry: registry.to_string(),
             auth: authorization_token.trim().to_string(),
             fetched_at,
             expires_at,
@@ -97,8 +138,8 @@ impl Token {
     pub fn password(&self) -> String {
         let decoded = STANDARD
             .decode(&self.auth)
-            .expect("validated in Token::new");
-        let decoded = String::from_utf8(decoded).expect("validated in Token::new");
+            .expect("validated in Token::validated");
+        let decoded = String::from_utf8(decoded).expect("validated in Token::validated");
         decoded["AWS:".len()..].to_string()
     }
 
@@ -215,7 +256,57 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> (ErrorClass, Option<
     }
 }
 
+/// Classifies a failure that is not an AWS error response (credentials, DNS, connection) from
+/// its error chain: the SDK reports these as opaque dispatch or construction failures.
+pub fn classify_failure(chain: &str) -> (ErrorClass, Option<&'static str>) {
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("assumerole")
+        || lower.contains("assume role")
+        || lower.contains("sts") && lower.contains("denied")
+    {
+        (
+            ErrorClass::Configuration,
+            Some(
+                "assuming the role failed: check --role-arn, the role's trust policy (and external ID), and that the base credentials may call sts:AssumeRole",
+            ),
+        )
+    } else if lower.contains("credential") {
+        (
+            ErrorClass::Configuration,
+            Some(
+                "no usable AWS credentials: set --credentials-secret, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or another source of the default chain (profile, web identity)",
+            ),
+        )
+    } else if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
+        (
+            ErrorClass::Configuration,
+            Some(
+                "the ECR endpoint does not resolve: check the region name, and DNS from the controller's pod",
+            ),
+        )
+    } else {
+        (
+            ErrorClass::Transient,
+            Some(
+                "check network access from the controller's pod to the ECR endpoint of this region",
+            ),
+        )
+    }
+}
+
 impl FetchError {
+    fn invalid(identity: &str, e: InvalidToken) -> FetchError {
+        FetchError {
+            region: identity.to_string(),
+            class: ErrorClass::Transient,
+            message: format!("ECR answered an unusable token: {e}"),
+            advice: None,
+        }
+    }
+
     pub fn from_sdk<E, R>(region: &str, err: &SdkError<E, R>) -> FetchError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -233,26 +324,11 @@ impl FetchError {
                 (class, advice, message)
             }
             SdkError::TimeoutError(_) => (ErrorClass::Transient, None, "timed out".to_string()),
-            SdkError::DispatchFailure(d) => {
-                let message = format!("could not reach the ECR endpoint: {}", error_chain(err));
-                if d.is_io() || d.is_timeout() {
-                    (ErrorClass::Transient, None, message)
-                } else {
-                    (
-                        ErrorClass::Transient,
-                        Some("check network access to the ECR endpoint of this region"),
-                        message,
-                    )
-                }
+            _ => {
+                let chain = error_chain(err);
+                let (class, advice) = classify_failure(&chain);
+                (class, advice, chain)
             }
-            SdkError::ConstructionFailure(_) => (
-                ErrorClass::Configuration,
-                Some(
-                    "no usable AWS credentials or region: set a credentials Secret, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or another source of the default chain",
-                ),
-                error_chain(err),
-            ),
-            _ => (ErrorClass::Transient, None, error_chain(err)),
         };
         FetchError {
             region: region.to_string(),
@@ -277,11 +353,26 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Where tokens come from: ECR in production, a scripted source in tests.
 pub trait TokenSource: Send + Sync + 'static {
-    fn region(&self) -> &str;
+    /// The region, or [`ECR_PUBLIC`].
+    fn identity(&self) -> &str;
     fn fetch(&self) -> impl Future<Output = Result<Token, FetchError>> + Send;
 }
 
-/// GetAuthorizationToken against one region.
+/// SDK settings shared by both ECR clients.
+fn sdk_settings(region: &str) -> (aws_config::Region, RetryConfig, TimeoutConfig) {
+    (
+        aws_config::Region::new(region.to_string()),
+        // One attempt per call: our own backoff spaces retries, so "one call per refresh" is
+        // exact and the attempts are visible in logs.
+        RetryConfig::disabled(),
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_timeout(Duration::from_secs(30))
+            .build(),
+    )
+}
+
+/// GetAuthorizationToken against one region of private ECR.
 pub struct EcrTokenSource {
     client: aws_sdk_ecr::Client,
     region: String,
@@ -289,8 +380,11 @@ pub struct EcrTokenSource {
 
 impl EcrTokenSource {
     pub fn new(sdk_config: &aws_config::SdkConfig, region: &str) -> EcrTokenSource {
+        let (r, retry, timeout) = sdk_settings(region);
         let config = aws_sdk_ecr::config::Builder::from(sdk_config)
-            .region(aws_sdk_ecr::config::Region::new(region.to_string()))
+            .region(r)
+            .retry_config(retry)
+            .timeout_config(timeout)
             .build();
         EcrTokenSource {
             client: aws_sdk_ecr::Client::from_conf(config),
@@ -300,7 +394,7 @@ impl EcrTokenSource {
 }
 
 impl TokenSource for EcrTokenSource {
-    fn region(&self) -> &str {
+    fn identity(&self) -> &str {
         &self.region
     }
 
@@ -312,12 +406,7 @@ impl TokenSource for EcrTokenSource {
             .send()
             .await
             .map_err(|e| FetchError::from_sdk(&self.region, &e))?;
-        let invalid = |e: InvalidToken| FetchError {
-            region: self.region.clone(),
-            class: ErrorClass::Transient,
-            message: format!("ECR answered an unusable token: {e}"),
-            advice: None,
-        };
+        let invalid = |e| FetchError::invalid(&self.region, e);
         let data = output
             .authorization_data()
             .first()
@@ -328,10 +417,61 @@ impl TokenSource for EcrTokenSource {
             .and_then(|t| SystemTime::try_from(*t).ok())
             .ok_or(InvalidToken::NoExpiry)
             .map_err(invalid)?;
-        Token::new(
+        Token::private(
             &self.region,
             data.authorization_token().unwrap_or_default(),
             data.proxy_endpoint().unwrap_or_default(),
+            fetched_at,
+            expires_at,
+        )
+        .map_err(invalid)
+    }
+}
+
+/// GetAuthorizationToken of ECR Public, which only exists in us-east-1.
+pub struct EcrPublicTokenSource {
+    client: aws_sdk_ecrpublic::Client,
+}
+
+impl EcrPublicTokenSource {
+    pub fn new(sdk_config: &aws_config::SdkConfig) -> EcrPublicTokenSource {
+        let (r, retry, timeout) = sdk_settings("us-east-1");
+        let config = aws_sdk_ecrpublic::config::Builder::from(sdk_config)
+            .region(r)
+            .retry_config(retry)
+            .timeout_config(timeout)
+            .build();
+        EcrPublicTokenSource {
+            client: aws_sdk_ecrpublic::Client::from_conf(config),
+        }
+    }
+}
+
+impl TokenSource for EcrPublicTokenSource {
+    fn identity(&self) -> &str {
+        ECR_PUBLIC
+    }
+
+    async fn fetch(&self) -> Result<Token, FetchError> {
+        let fetched_at = SystemTime::now();
+        let output = self
+            .client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| FetchError::from_sdk(ECR_PUBLIC, &e))?;
+        let invalid = |e| FetchError::invalid(ECR_PUBLIC, e);
+        let data = output
+            .authorization_data()
+            .ok_or(InvalidToken::Missing)
+            .map_err(invalid)?;
+        let expires_at = data
+            .expires_at()
+            .and_then(|t| SystemTime::try_from(*t).ok())
+            .ok_or(InvalidToken::NoExpiry)
+            .map_err(invalid)?;
+        Token::public(
+            data.authorization_token().unwrap_or_default(),
             fetched_at,
             expires_at,
         )
@@ -391,14 +531,14 @@ pub async fn keep_fresh<S: TokenSource>(
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
                 tracing::info!(
-                    region = source.region(),
-                    registry = %token.proxy_endpoint,
+                    identity = source.identity(),
+                    registry = token.registry,
                     expires_at = %crate::render::rfc3339(token.expires_at),
                     refresh_in_seconds = wait.as_secs(),
                     "fetched ECR token"
                 );
                 publish.send_modify(|tokens| {
-                    tokens.insert(source.region().to_string(), token);
+                    tokens.insert(source.identity().to_string(), token);
                 });
                 tokio::time::sleep(wait).await;
             }
@@ -407,18 +547,18 @@ pub async fn keep_fresh<S: TokenSource>(
                 attempt = attempt.saturating_add(1);
                 let last_expires = publish
                     .borrow()
-                    .get(source.region())
+                    .get(source.identity())
                     .map(|t| crate::render::rfc3339(t.expires_at));
                 match err.class {
                     ErrorClass::Configuration => tracing::error!(
-                        region = source.region(),
+                        identity = source.identity(),
                         error = %err,
                         retry_in_ms = delay.as_millis() as u64,
                         last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
                         "token refresh failed; keeping the last good token"
                     ),
                     ErrorClass::Transient => tracing::warn!(
-                        region = source.region(),
+                        identity = source.identity(),
                         error = %err,
                         retry_in_ms = delay.as_millis() as u64,
                         last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
@@ -438,7 +578,7 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     pub fn token_at(region: &str, password: &str, fetched_at: SystemTime, ttl: Duration) -> Token {
-        Token::new(
+        Token::private(
             region,
             &STANDARD.encode(format!("AWS:{password}")),
             &format!("https://123456789012.dkr.ecr.{region}.amazonaws.com"),
@@ -503,7 +643,7 @@ pub(crate) mod tests {
         let ok = STANDARD.encode("AWS:secret");
         let host = "https://123456789012.dkr.ecr.us-east-1.amazonaws.com";
         let later = t0() + Duration::from_secs(60);
-        assert!(Token::new("us-east-1", &ok, host, t0(), later).is_ok());
+        assert!(Token::private("us-east-1", &ok, host, t0(), later).is_ok());
         let cases = [
             ("", host, later, InvalidToken::NotUserPassword),
             ("!!!", host, later, InvalidToken::NotBase64),
@@ -529,13 +669,13 @@ pub(crate) mod tests {
         ];
         for (auth, host, expires, expected) in cases {
             assert_eq!(
-                Token::new("us-east-1", auth, host, t0(), expires).unwrap_err(),
+                Token::private("us-east-1", auth, host, t0(), expires).unwrap_err(),
                 expected,
                 "{auth:?}"
             );
         }
         assert!(matches!(
-            Token::new("us-east-1", &ok, "https://example.com", t0(), later),
+            Token::private("us-east-1", &ok, "https://example.com", t0(), later),
             Err(InvalidToken::ProxyEndpoint(_))
         ));
     }
@@ -573,6 +713,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn failure_classification_table() {
+        let cases = [
+            (
+                "dispatch failure: io error: connection refused (os error 111)",
+                ErrorClass::Transient,
+            ),
+            (
+                "dispatch failure: other: client error (Connect): dns error: failed to lookup address information",
+                ErrorClass::Configuration,
+            ),
+            (
+                "failed to construct request: no credentials in the property bag",
+                ErrorClass::Configuration,
+            ),
+            (
+                "dispatch failure: other: an error occurred while loading credentials",
+                ErrorClass::Configuration,
+            ),
+            (
+                "failed to load credentials: AssumeRole: AccessDenied: not authorized",
+                ErrorClass::Configuration,
+            ),
+            ("dispatch failure: timeout", ErrorClass::Transient),
+        ];
+        for (chain, expected) in cases {
+            let (class, advice) = classify_failure(chain);
+            assert_eq!(class, expected, "{chain}");
+            assert!(advice.is_some(), "{chain}");
+        }
+        assert!(
+            classify_failure("failed to load credentials: AssumeRole failed")
+                .1
+                .unwrap()
+                .contains("--role-arn")
+        );
+    }
+
+    #[test]
     fn backoff_grows_exponentially_and_caps() {
         let b = Backoff::default();
         let t = ErrorClass::Transient;
@@ -594,7 +772,7 @@ pub(crate) mod tests {
     }
 
     impl TokenSource for Scripted {
-        fn region(&self) -> &str {
+        fn identity(&self) -> &str {
             "us-east-1"
         }
         async fn fetch(&self) -> Result<Token, FetchError> {

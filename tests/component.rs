@@ -25,7 +25,7 @@ type ApiServer = Handle<Request<Body>, Response<Body>>;
 
 fn rendered() -> Arc<Rendered> {
     let now = SystemTime::now();
-    let token = Token::new(
+    let token = Token::private(
         "eu-west-1",
         &STANDARD.encode("AWS:pw"),
         "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com",

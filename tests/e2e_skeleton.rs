@@ -4,13 +4,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::runtime::watcher;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::*;
@@ -120,14 +117,6 @@ async fn secrets_reach_every_selected_namespace_and_new_ones_within_a_second() {
     delete_namespaces(&client, &[a, b, excluded, late]).await;
 }
 
-/// One observed version of a managed secret.
-#[derive(Debug, Clone)]
-struct Observed {
-    at: SystemTime,
-    namespace: String,
-    secret: PullSecret,
-}
-
 #[tokio::test]
 async fn short_tokens_are_replaced_before_expiry_with_one_call_per_refresh() {
     let Some(env) = testenv() else { return };
@@ -141,25 +130,7 @@ async fn short_tokens_are_replaced_before_expiry_with_one_call_per_refresh() {
     env.set_emulator(&json!({ "ttl_seconds": ttl }));
     let secret_name = format!("pull-{p}");
 
-    // Record every version of every managed secret as the API server publishes it.
-    let observed: Arc<Mutex<Vec<Observed>>> = Arc::default();
-    let api: Api<Secret> = Api::all(client.clone());
-    let config = watcher::Config::default().fields(&format!("metadata.name={secret_name}"));
-    let sink = observed.clone();
-    let recorder = tokio::spawn(async move {
-        let mut events = watcher(api, config).boxed();
-        while let Some(event) = events.next().await {
-            if let Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) = event {
-                let entry = Observed {
-                    at: SystemTime::now(),
-                    namespace: secret.namespace().unwrap_or_default(),
-                    secret: decode(&secret),
-                };
-                sink.lock().unwrap().push(entry);
-            }
-        }
-    });
-
+    let recorder = Recorder::start(&client, &secret_name);
     let calls_before = env.aws_calls();
     let mut controller = env.controller(
         &p,
@@ -175,64 +146,17 @@ async fn short_tokens_are_replaced_before_expiry_with_one_call_per_refresh() {
         "four token versions in every namespace",
         Duration::from_secs(60),
         || async {
-            let seen = observed.lock().unwrap().clone();
             namespaces
                 .iter()
-                .all(|ns| {
-                    seen.iter()
-                        .filter(|o| &o.namespace == ns)
-                        .map(|o| o.secret.password.clone())
-                        .collect::<BTreeSet<_>>()
-                        .len()
-                        >= 4
-                })
+                .all(|ns| recorder.tokens_in(ns).len() >= 4)
                 .then_some(())
         },
     )
     .await;
     assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
-    recorder.abort();
     let calls = env.aws_calls() - calls_before;
     env.set_emulator(&json!({}));
-
-    let seen = observed.lock().unwrap().clone();
-    let mut tokens = BTreeSet::new();
-    for ns in &namespaces {
-        let versions: Vec<&Observed> = seen.iter().filter(|o| &o.namespace == ns).collect();
-        for version in &versions {
-            assert!(
-                version.at < version.secret.expires_at,
-                "{ns} held an expired token at {:?}",
-                version.at
-            );
-            let call = env
-                .issuing_call(&version.secret.password)
-                .expect("issued by the emulator");
-            let issued_expiry = call["expires_at"].as_f64().unwrap();
-            let annotated = version
-                .secret
-                .expires_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
-            assert!(
-                (issued_expiry - annotated).abs() < 1.0,
-                "expiry annotation matches the token"
-            );
-            tokens.insert(version.secret.password.clone());
-        }
-        // Each replacement happened before the replaced token expired.
-        for pair in versions.windows(2) {
-            if pair[0].secret.password != pair[1].secret.password {
-                assert!(
-                    pair[1].at < pair[0].secret.expires_at,
-                    "{ns}: token replaced at {:?}, after its expiry {:?}",
-                    pair[1].at,
-                    pair[0].secret.expires_at
-                );
-            }
-        }
-    }
+    let tokens = recorder.assert_always_valid(&env);
     // One AWS call per refresh, whatever the number of namespaces: every call's token was
     // written (at most one more in flight at shutdown), never one call per namespace.
     eprintln!(
@@ -259,25 +183,14 @@ async fn credentials_from_a_secret_are_used() {
     create_namespace(&client, &system).await;
     create_namespace(&client, &target).await;
     let key_id = "AKIASECRETKEYS000001";
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &system);
-    let credentials = Secret {
-        metadata: ObjectMeta {
-            name: Some("aws-credentials".into()),
-            ..ObjectMeta::default()
-        },
-        string_data: Some(BTreeMap::from([
-            ("aws_access_key_id".to_string(), format!("{key_id}\n")),
-            (
-                "aws_secret_access_key".to_string(),
-                "secret-from-kubernetes".to_string(),
-            ),
-        ])),
-        ..Secret::default()
-    };
-    secrets
-        .create(&PostParams::default(), &credentials)
-        .await
-        .unwrap();
+    put_credentials(
+        &client,
+        &system,
+        "aws-credentials",
+        key_id,
+        "secret-from-kubernetes",
+    )
+    .await;
     // Only the Secret's key is accepted; the environment's dummy keys would be refused.
     env.set_emulator(&json!({ "allowed_access_keys": [key_id] }));
 

@@ -2,16 +2,19 @@
 //! and the ECR emulator). Waits use deadlines, never fixed sleeps.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -266,6 +269,140 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One observed version of a managed secret.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub at: SystemTime,
+    pub namespace: String,
+    pub secret: PullSecret,
+}
+
+/// Records every version of every Secret named `secret_name` as the API server publishes it;
+/// `decode` panics (failing the test through `Recorder::check`) on invalid content.
+pub struct Recorder {
+    pub versions: Arc<Mutex<Vec<Observed>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub fn start(client: &Client, secret_name: &str) -> Recorder {
+        let versions: Arc<Mutex<Vec<Observed>>> = Arc::default();
+        let api: Api<Secret> = Api::all(client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={secret_name}"));
+        let sink = versions.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, config).boxed();
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) = event
+                {
+                    let entry = Observed {
+                        at: SystemTime::now(),
+                        namespace: secret.namespace().unwrap_or_default(),
+                        secret: decode(&secret),
+                    };
+                    sink.lock().unwrap().push(entry);
+                }
+            }
+        });
+        Recorder { versions, task }
+    }
+
+    pub fn snapshot(&self) -> Vec<Observed> {
+        assert!(
+            !self.task.is_finished(),
+            "the recorder stopped: a secret version failed validation"
+        );
+        self.versions.lock().unwrap().clone()
+    }
+
+    /// Distinct tokens seen in `namespace`, in order of appearance.
+    pub fn tokens_in(&self, namespace: &str) -> Vec<String> {
+        let mut tokens: Vec<String> = Vec::new();
+        for o in self.snapshot().iter().filter(|o| o.namespace == namespace) {
+            if tokens.last() != Some(&o.secret.password) {
+                tokens.push(o.secret.password.clone());
+            }
+        }
+        tokens
+    }
+
+    /// Asserts no version was expired when seen and each replacement came before the replaced
+    /// token's expiry; returns the distinct tokens seen.
+    pub fn assert_always_valid(&self, env: &TestEnv) -> BTreeSet<String> {
+        let seen = self.snapshot();
+        let namespaces: BTreeSet<&str> = seen.iter().map(|o| o.namespace.as_str()).collect();
+        let mut tokens = BTreeSet::new();
+        for ns in namespaces {
+            let versions: Vec<&Observed> = seen.iter().filter(|o| o.namespace == ns).collect();
+            for version in &versions {
+                assert!(
+                    version.at < version.secret.expires_at,
+                    "{ns} held an expired token at {:?}",
+                    version.at
+                );
+                let call = env
+                    .issuing_call(&version.secret.password)
+                    .expect("token issued by the emulator");
+                let issued = call["expires_at"].as_f64().unwrap();
+                let annotated = version
+                    .secret
+                    .expires_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64();
+                assert!(
+                    issued - annotated > -1.0,
+                    "{ns}: expiry annotation is no later than the token's expiry"
+                );
+                tokens.insert(version.secret.password.clone());
+            }
+            for pair in versions.windows(2) {
+                if pair[0].secret.password != pair[1].secret.password {
+                    assert!(
+                        pair[1].at < pair[0].secret.expires_at,
+                        "{ns}: token replaced at {:?}, after its expiry {:?}",
+                        pair[1].at,
+                        pair[0].secret.expires_at
+                    );
+                }
+            }
+        }
+        tokens
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Creates (or replaces) the AWS credentials Secret `name` in `namespace`.
+pub async fn put_credentials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key_id: &str,
+    secret_key: &str,
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("aws_access_key_id".to_string(), format!("{key_id}\n")),
+            ("aws_secret_access_key".to_string(), secret_key.to_string()),
+        ])),
+        ..Secret::default()
+    };
+    let params = PatchParams::apply("e2e-test").force();
+    api.patch(name, &params, &Patch::Apply(&secret))
+        .await
+        .expect("apply credentials Secret");
 }
 
 /// What a pull secret holds, decoded and checked for shape.

@@ -1,0 +1,302 @@
+//! End to end: the token lifecycle and AWS identities against the ECR emulator (issue: token
+//! lifecycle). Run through `tests/testenv.sh run -- cargo test --test e2e_tokens -- --test-threads=1`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use support::*;
+
+/// Emulator log entries since `from` (an index into the log).
+fn calls_since(env: &TestEnv, from: usize) -> Vec<Value> {
+    env.call_log().into_iter().skip(from).collect()
+}
+
+#[tokio::test]
+async fn two_regions_two_hundred_namespaces_short_tokens() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("regions");
+    let namespaces: Vec<String> = (0..200).map(|i| format!("{p}-{i:03}")).collect();
+    for ns in &namespaces {
+        create_namespace(&client, ns).await;
+    }
+    env.set_emulator(&json!({ "ttl_seconds": 20 }));
+    let secret_name = format!("pull-{p}");
+    let hosts = [
+        "111111111111.dkr.ecr.us-east-1.amazonaws.com",
+        "222222222222.dkr.ecr.eu-west-1.amazonaws.com",
+        "333333333333.dkr.ecr-fips.us-east-1.amazonaws.com",
+    ];
+    let recorder = Recorder::start(&client, &secret_name);
+    let log_start = env.call_log().len();
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &namespaces.join(","),
+            "--registry",
+            &hosts.join(","),
+        ],
+    );
+    // Three token generations in every namespace: two refresh cycles after the first write.
+    eventually("three token generations everywhere", Duration::from_secs(90), || async {
+        namespaces
+            .iter()
+            .all(|ns| recorder.tokens_in(ns).len() >= 3)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    env.set_emulator(&json!({}));
+
+    // Never an expired or invalid version, and every replacement before expiry.
+    recorder.assert_always_valid(&env);
+    // One config holding every host.
+    for o in recorder.snapshot() {
+        let mut expected: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        expected.sort();
+        assert_eq!(o.secret.hosts, expected, "{}", o.namespace);
+    }
+    // Exactly one call per refresh per region: every call is one token generation of its
+    // region (a call made while shutting down may not have been written yet).
+    let calls = calls_since(&env, log_start);
+    for region in ["us-east-1", "eu-west-1"] {
+        let region_calls = calls.iter().filter(|c| c["region"] == region).count();
+        assert!(
+            (3..=4).contains(&region_calls),
+            "{region}: {region_calls} calls for 3 generations of 200 namespaces"
+        );
+    }
+    assert_eq!(calls.len(), calls.iter().filter(|c| c["outcome"] == "ok").count());
+    eprintln!("{} calls for two regions, three generations, 200 namespaces", calls.len());
+    delete_namespaces(&client, &namespaces).await;
+}
+
+/// Checks that consecutive attempt gaps follow the backoff ceilings 1 s, 2 s, 4 s, ... with
+/// jitter into the upper half, allowing for call latency.
+fn assert_backoff(times: &[f64]) {
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let ceiling = 2f64.powi(i as i32);
+        assert!(
+            gap >= ceiling * 0.5 - 0.05 && gap <= ceiling + 0.5,
+            "retry {i}: gap {gap:.3}s outside [{:.2}, {:.2}] (times {times:?})",
+            ceiling * 0.5,
+            ceiling
+        );
+    }
+}
+
+#[tokio::test]
+async fn transient_faults_back_off_and_keep_the_last_good_token() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("faults");
+    let namespaces: Vec<String> = (0..3).map(|i| format!("{p}-{i}")).collect();
+    for ns in &namespaces {
+        create_namespace(&client, ns).await;
+    }
+    // Tokens live 40 s and are refreshed after ~8 s, leaving 32 s for four failed attempts.
+    env.set_emulator(&json!({ "ttl_seconds": 40 }));
+    let secret_name = format!("pull-{p}");
+    let recorder = Recorder::start(&client, &secret_name);
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &namespaces.join(","),
+            "--refresh-fraction",
+            "0.8",
+        ],
+    );
+    let mut all_gaps = Vec::new();
+    for fault in ["throttle", "5xx"] {
+        let before = eventually("a token in every namespace", Duration::from_secs(30), || async {
+            let tokens: BTreeSet<String> = namespaces
+                .iter()
+                .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
+                .collect();
+            (tokens.len() == 1 && namespaces.iter().all(|ns| !recorder.tokens_in(ns).is_empty()))
+                .then(|| tokens.into_iter().next().unwrap())
+        })
+        .await;
+        let log_start = env.call_log().len();
+        env.set_emulator(&json!({ "ttl_seconds": 40, "fail": fault, "count": 4 }));
+
+        // The four failures, then a success whose token reaches every namespace.
+        let calls = eventually("four failures and a success", Duration::from_secs(45), || async {
+            let calls = calls_since(&env, log_start);
+            (calls.len() >= 5 && calls[4]["outcome"] == "ok").then_some(calls)
+        })
+        .await;
+        for call in &calls[..4] {
+            assert_eq!(call["outcome"], fault);
+        }
+        // Meanwhile nothing changed: every namespace still held the last good token.
+        let fault_end = calls[3]["time"].as_f64().unwrap();
+        for o in recorder.snapshot() {
+            let at = o.at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+            if at > calls[0]["time"].as_f64().unwrap() && at < fault_end {
+                assert_eq!(o.secret.password, before, "{} changed during the fault", o.namespace);
+            }
+        }
+        let times: Vec<f64> = calls[..5].iter().map(|c| c["time"].as_f64().unwrap()).collect();
+        assert_backoff(&times);
+        all_gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
+
+        let new_token = eventually("the new token in every namespace", Duration::from_secs(10), || async {
+            let latest: BTreeSet<String> = namespaces
+                .iter()
+                .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
+                .collect();
+            (latest.len() == 1 && !latest.contains(&before)).then(|| latest.into_iter().next().unwrap())
+        })
+        .await;
+        let issuing = env.issuing_call(&new_token).unwrap();
+        assert_eq!(issuing["time"], calls[4]["time"], "the token of the first successful call");
+    }
+    // Jitter: the eight gaps are not all exactly on their ceilings.
+    eprintln!("attempt gaps: {all_gaps:.3?}");
+    let off_ceiling = all_gaps
+        .iter()
+        .zip([1.0, 2.0, 4.0, 8.0].iter().cycle())
+        .filter(|(gap, ceiling)| (*gap - *ceiling).abs() > 0.05 * *ceiling)
+        .count();
+    assert!(off_ceiling > 0, "no jitter in {all_gaps:?}");
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    env.set_emulator(&json!({}));
+    recorder.assert_always_valid(&env);
+    delete_namespaces(&client, &namespaces).await;
+}
+
+#[tokio::test]
+async fn access_denied_names_the_permission_and_overwrites_nothing() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("denied");
+    let ns = format!("{p}-app");
+    create_namespace(&client, &ns).await;
+    env.set_emulator(&json!({ "ttl_seconds": 20 }));
+    let secret_name = format!("pull-{p}");
+    let mut controller = env.controller(
+        &p,
+        &["--secret-name", &secret_name, "--target-namespaces", &ns, "--refresh-fraction", "0.9"],
+    );
+    let good = eventually("the first secret", Duration::from_secs(30), || async {
+        get_secret(&client, &ns, &secret_name).await
+    })
+    .await;
+    let log_start = env.call_log().len();
+    env.set_emulator(&json!({ "ttl_seconds": 20, "fail": "denied" }));
+    eventually("a denied refresh, logged with the missing permission", Duration::from_secs(30), || async {
+        let denied = calls_since(&env, log_start).iter().any(|c| c["outcome"] == "denied");
+        let log = controller.log_text();
+        (denied && log.contains("lack permission ecr:GetAuthorizationToken") && log.contains("configuration"))
+            .then_some(())
+    })
+    .await;
+    let after = get_secret(&client, &ns, &secret_name).await.unwrap();
+    assert_eq!(decode(&after), decode(&good), "nothing overwritten while access is denied");
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    env.set_emulator(&json!({}));
+    delete_namespaces(&client, &[ns]).await;
+}
+
+#[tokio::test]
+async fn rotated_keys_are_used_at_the_next_fetch_without_restart() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("rotate");
+    let system = format!("{p}-system");
+    let ns = format!("{p}-app");
+    create_namespace(&client, &system).await;
+    create_namespace(&client, &ns).await;
+    let (old_key, new_key) = ("AKIAROTATEOLD0000001", "AKIAROTATENEW0000001");
+    put_credentials(&client, &system, "aws", old_key, "old-secret-key").await;
+    env.set_emulator(&json!({ "ttl_seconds": 10, "allowed_access_keys": [old_key] }));
+    let secret_name = format!("pull-{p}");
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &ns,
+            "--credentials-secret",
+            "aws",
+            "--namespace",
+            &system,
+        ],
+    );
+    let first = eventually("a secret from the old key", Duration::from_secs(30), || async {
+        get_secret(&client, &ns, &secret_name).await
+    })
+    .await;
+    assert_eq!(env.issuing_call(&decode(&first).password).unwrap()["access_key_id"], old_key);
+
+    // Rotate: the old key stops working, the new one is in the Secret.
+    put_credentials(&client, &system, "aws", new_key, "new-secret-key").await;
+    env.set_emulator(&json!({ "ttl_seconds": 10, "allowed_access_keys": [new_key] }));
+    eventually("a secret from the new key", Duration::from_secs(30), || async {
+        let secret = get_secret(&client, &ns, &secret_name).await?;
+        let call = env.issuing_call(&decode(&secret).password)?;
+        (call["access_key_id"] == new_key).then_some(())
+    })
+    .await;
+    assert!(controller.wait_exit(Duration::ZERO).is_none(), "same process, no restart");
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    let log = controller.log_text();
+    assert!(log.contains("credentials Secret changed"));
+    for secret in ["old-secret-key", "new-secret-key", old_key, new_key] {
+        assert!(!log.contains(secret), "the log never shows keys");
+    }
+    env.set_emulator(&json!({}));
+    delete_namespaces(&client, &[system, ns]).await;
+}
+
+#[tokio::test]
+async fn ecr_public_and_an_assumed_role() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("public");
+    let ns = format!("{p}-app");
+    create_namespace(&client, &ns).await;
+    let secret_name = format!("pull-{p}");
+    let log_start = env.call_log().len();
+    let mut controller = env.controller(
+        &p,
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &ns,
+            "--ecr-public",
+            "--role-arn",
+            "arn:aws:iam::123456789012:role/ecr-puller",
+            "--role-external-id",
+            "e2e",
+        ],
+    );
+    let secret = eventually("a secret with private and public hosts", Duration::from_secs(30), || async {
+        let secret = get_secret(&client, &ns, &secret_name).await?;
+        (decode(&secret).hosts.len() == 2).then_some(secret)
+    })
+    .await;
+    assert_eq!(decode(&secret).hosts, [env.default_registry(), "public.ecr.aws".to_string()]);
+    let calls = calls_since(&env, log_start);
+    let services: BTreeSet<&str> = calls.iter().filter_map(|c| c["service"].as_str()).collect();
+    assert_eq!(services, BTreeSet::from(["ecr", "ecr-public"]));
+    for call in &calls {
+        let key = call["access_key_id"].as_str().unwrap();
+        assert!(key.starts_with("ASIA"), "signed with assumed-role credentials, not the base key: {key}");
+    }
+    assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
+    delete_namespaces(&client, &[ns]).await;
+}
