@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::credentials::AssumeRole;
 use crate::registry::{RegistryHost, is_region};
 use crate::selection::Selection;
+use crate::service_account::Targets;
 use crate::token::RefreshPolicy;
 
 #[derive(Debug, Parser)]
@@ -22,10 +23,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller: fetch tokens and keep the pull secret in every selected namespace.
     Run(RunArgs),
+    /// Remove every managed pull secret and our ServiceAccount entries (for uninstalling).
+    /// Stop the controller first, or it recreates them.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Name of the managed pull secrets.
+    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
+    pub secret_name: String,
+
+    /// Only print what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Timeout of each Kubernetes API call.
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,7 +97,8 @@ pub struct RunArgs {
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
 
-    /// Only these namespaces get the secret (comma-separated). Default: every namespace.
+    /// Only these namespaces get the secret: names or globs (team-*), comma-separated.
+    /// Default: every namespace.
     #[arg(
         long,
         env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
@@ -84,13 +106,38 @@ pub struct RunArgs {
     )]
     pub target_namespaces: Vec<String>,
 
-    /// Namespaces that never get the secret (comma-separated).
+    /// Namespaces that never get the secret: names or globs, comma-separated; wins over
+    /// --target-namespaces.
     #[arg(
         long,
         env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
         value_delimiter = ','
     )]
     pub exclude_namespaces: Vec<String>,
+
+    /// Only namespaces whose labels match this selector (kubectl -l syntax), e.g.
+    /// 'env=prod,team in (a,b)'. A namespace can also opt out with the annotation
+    /// ecr-pull-secrets.io/exclude=true.
+    #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
+    pub namespace_selector: Option<String>,
+
+    /// Add the pull secret to these ServiceAccounts' imagePullSecrets in every selected
+    /// namespace: names (e.g. default), or * for all. Default: none.
+    #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
+    pub service_accounts: Option<Targets>,
+
+    /// Take over a same-named Secret that lacks our managed label (default: leave it alone and
+    /// report a conflict).
+    #[arg(long, env = "ECR_PULL_SECRETS_ADOPT_EXISTING")]
+    pub adopt_existing: bool,
+
+    /// Sustained Kubernetes writes per second, across all namespaces.
+    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_QPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_qps: u32,
+
+    /// Writes allowed in a burst above --write-qps.
+    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst: u32,
 
     /// Secret in the controller's namespace holding aws_access_key_id and aws_secret_access_key
     /// (optionally aws_session_token). Without it the default AWS chain is used (environment,
@@ -167,19 +214,7 @@ impl RunArgs {
                 Some(_) => {}
             }
         }
-        for ns in self
-            .target_namespaces
-            .iter()
-            .chain(&self.exclude_namespaces)
-        {
-            let ns = ns.trim();
-            if !ns.is_empty() && !is_dns_label(ns) {
-                return Err(format!(
-                    "namespace {ns:?} in --target-namespaces/--exclude-namespaces is not a valid namespace name \
-                     (lower-case letters, digits and '-', at most 63 characters)"
-                ));
-            }
-        }
+        self.selection()?;
         Ok(())
     }
 
@@ -210,8 +245,13 @@ impl RunArgs {
         })
     }
 
-    pub fn selection(&self) -> Selection {
-        Selection::new(&self.target_namespaces, &self.exclude_namespaces)
+    pub fn selection(&self) -> Result<Selection, String> {
+        Selection::new(
+            &self.target_namespaces,
+            &self.exclude_namespaces,
+            self.namespace_selector.as_deref(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     pub fn refresh_policy(&self) -> RefreshPolicy {
@@ -266,7 +306,9 @@ mod tests {
         let mut argv = vec!["ecr-pull-secrets", "run"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         run.validate()?;
         Ok(run)
     }
@@ -328,7 +370,7 @@ mod tests {
                     "--exclude-namespaces",
                     "Kube_System",
                 ],
-                "not a valid namespace name",
+                "invalid namespace pattern",
             ),
             (
                 &["--region", "us-east-1", "--role-arn", "puller"],

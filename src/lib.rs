@@ -4,13 +4,17 @@
 //! config ([`render`]), and written into every namespace that [`selection`] picks
 //! ([`reconcile`]). [`run`] wires these together.
 
+pub mod backoff;
+pub mod cleanup;
 pub mod config;
 pub mod credentials;
+pub mod events;
 pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod run;
 pub mod selection;
+pub mod service_account;
 pub mod token;
 
 /// Errors a user or operator sees. Each says what was wrong and what to do.
@@ -28,6 +32,8 @@ pub enum Error {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl Error {
@@ -38,6 +44,7 @@ impl Error {
             Error::Credentials(_) => "credentials",
             Error::Kube { .. } => "kube",
             Error::Timeout(_) => "timeout",
+            Error::Conflict(_) => "conflict",
         }
     }
 }

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Run(args) => ecr_pull_secrets::run::run(args).await,
+        Command::Cleanup(args) => ecr_pull_secrets::cleanup::cleanup(&args).await.map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,21 +1,28 @@
-//! Reconciling one namespace: make its pull secret match the rendered config, never touching a
-//! Secret we do not own.
+//! Reconciling one namespace: make its pull secret (and ServiceAccount entries) match the
+//! rendered config when selected, remove ours when not, and never touch a Secret we do not own.
+//! Decisions are made from metadata-only caches, so a namespace already in sync costs no API call.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Error;
-use crate::render::{Rendered, rfc3339};
-use crate::selection::Selection;
+use crate::backoff::Gate;
+use crate::events::Events;
+use crate::render::{Rendered, fingerprint, rfc3339};
+use crate::selection::{Decision, Selection};
+use crate::service_account::{self, Targets};
 
 /// Field manager of every write (server-side apply).
 pub const FIELD_MANAGER: &str = "ecr-pull-secrets";
@@ -29,20 +36,53 @@ pub const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
 pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
+/// A process-wide limit on writes (secret applies and deletes, ServiceAccount patches).
+pub struct WriteLimiter(DefaultDirectRateLimiter);
+
+impl WriteLimiter {
+    pub fn new(qps: u32, burst: u32) -> WriteLimiter {
+        let qps = std::num::NonZeroU32::new(qps.max(1)).expect("non-zero");
+        let burst = std::num::NonZeroU32::new(burst.max(1)).expect("non-zero");
+        WriteLimiter(RateLimiter::direct(
+            Quota::per_second(qps).allow_burst(burst),
+        ))
+    }
+
+    /// Waits for a write slot.
+    pub async fn acquire(&self) {
+        self.0.until_ready().await;
+    }
+}
+
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
     pub secret_name: String,
     pub selection: Selection,
-    /// The config to write, `None` until the first token arrives.
+    /// The config to write, `None` until every identity has its first token.
     pub desired: watch::Receiver<Option<Arc<Rendered>>>,
     pub api_timeout: Duration,
+    /// Metadata of every Secret named `secret_name` (field-selected watch).
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// ServiceAccounts to patch, and the cache of ServiceAccounts, when enabled.
+    pub service_accounts: Option<(Targets, Store<ServiceAccount>)>,
+    /// Take over a same-named Secret that lacks our label.
+    pub adopt_existing: bool,
+    pub limiter: WriteLimiter,
+    /// Per-namespace backoff, keyed by namespace UID.
+    pub gate: Gate<String>,
+    /// resourceVersion our last write returned, per namespace: a different one in the cache
+    /// means someone else wrote.
+    pub written: Mutex<HashMap<String, String>>,
+    pub events: Events,
 }
 
 /// The outcome of one reconcile, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     NotSelected,
+    /// Not selected any more: our Secret (and ServiceAccount entries) removed.
+    Removed,
     NoTokenYet,
     /// A Secret with our name exists without our label: left alone.
     Conflict,
@@ -79,7 +119,7 @@ pub fn desired_secret(name: &str, namespace: &str, rendered: &Rendered) -> Secre
     }
 }
 
-fn is_managed(meta: &ObjectMeta) -> bool {
+pub fn is_managed(meta: &ObjectMeta) -> bool {
     meta.labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_LABEL))
@@ -93,52 +133,156 @@ fn fingerprint_of(meta: &ObjectMeta) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Another field manager owns our config key: someone edited the data. Visible in metadata, so
+/// drift is caught without reading Secret contents.
+pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() != Some(FIELD_MANAGER)
+            && entry.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:data")
+                    .and_then(|d| d.get(format!("f:{DOCKER_CONFIG_KEY}")))
+                    .is_some()
+            })
+    })
+}
+
 impl Context {
-    /// Brings namespace `ns` in line with the desired config.
+    /// Brings namespace `ns` in line with the selection and the desired config.
     pub async fn reconcile_namespace(
         &self,
         ns: &PartialObjectMeta<Namespace>,
     ) -> Result<Outcome, Error> {
         let namespace = ns.name_any();
-        if !self
-            .selection
-            .selects(&namespace, ns.metadata.deletion_timestamp.is_some())
-        {
-            return Ok(Outcome::NotSelected);
+        let decision = self.selection.decide(
+            &namespace,
+            ns.labels(),
+            ns.annotations(),
+            ns.metadata.deletion_timestamp.is_some(),
+        );
+        match decision {
+            // Namespace deletion removes everything in it; writing or deleting would only race.
+            Decision::Terminating => {
+                self.written.lock().expect("lock").remove(&namespace);
+                Ok(Outcome::NotSelected)
+            }
+            Decision::NotSelected(_) => self.deselect(&namespace).await,
+            Decision::Selected => self.sync(&namespace).await,
         }
+    }
+
+    fn cached_secret(&self, namespace: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        self.secrets
+            .get(&ObjectRef::new(&self.secret_name).within(namespace))
+    }
+
+    async fn sync(&self, namespace: &str) -> Result<Outcome, Error> {
         let Some(rendered) = self.desired.borrow().clone() else {
             return Ok(Outcome::NoTokenYet);
         };
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let existing = self
-            .bounded(
-                "read",
-                &namespace,
-                secrets.get_metadata_opt(&self.secret_name),
-            )
-            .await?;
-        if let Some(existing) = &existing {
-            if !is_managed(&existing.metadata) {
+        let outcome = match self.cached_secret(namespace) {
+            Some(existing) if !is_managed(&existing.metadata) && !self.adopt_existing => {
                 tracing::warn!(
                     namespace,
                     secret = self.secret_name,
-                    "a Secret with our name exists without label {MANAGED_LABEL}={MANAGED_VALUE}; leaving it untouched \
-                     (rename ours with --secret-name, or delete or label the existing one to let us manage it)"
+                    "a Secret with our name exists without label {MANAGED_LABEL}={MANAGED_VALUE}; leaving it untouched"
                 );
+                self.events
+                    .warn(
+                        namespace,
+                        "SecretConflict",
+                        "Skip",
+                        format!(
+                            "Secret {} exists and is not managed by ecr-pull-secrets (no label {MANAGED_LABEL}={MANAGED_VALUE}); \
+                             it was left untouched. Delete it, label it, choose another --secret-name, or run with --adopt-existing.",
+                            self.secret_name
+                        ),
+                    )
+                    .await;
                 return Ok(Outcome::Conflict);
             }
-            if fingerprint_of(&existing.metadata) == Some(rendered.fingerprint.as_str()) {
-                return Ok(Outcome::UpToDate);
+            Some(existing)
+                if is_managed(&existing.metadata)
+                    && fingerprint_of(&existing.metadata)
+                        == Some(rendered.fingerprint.as_str())
+                    && !self.drifted(namespace, &existing, &rendered).await? =>
+            {
+                Outcome::UpToDate
             }
+            _ => {
+                self.apply(namespace, &rendered).await?;
+                Outcome::Written
+            }
+        };
+        self.events.clear(namespace);
+        self.service_account_entries(namespace, true).await?;
+        Ok(outcome)
+    }
+
+    /// Whether the data of a Secret whose metadata says "up to date" was changed by someone.
+    async fn drifted(
+        &self,
+        namespace: &str,
+        cached: &PartialObjectMeta<Secret>,
+        rendered: &Rendered,
+    ) -> Result<bool, Error> {
+        if edited_by_someone_else(&cached.metadata) {
+            tracing::info!(
+                namespace,
+                "pull secret data was edited by another field manager; restoring"
+            );
+            return Ok(true);
         }
-        let secret = desired_secret(&self.secret_name, &namespace, &rendered);
+        let last = self.written.lock().expect("lock").get(namespace).cloned();
+        let current = cached.resource_version();
+        match last {
+            Some(last) if Some(&last) != current.as_ref() => {
+                // Written since our last write: compare the data itself, once.
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+                let Some(full) = self
+                    .bounded("read", namespace, api.get_opt(&self.secret_name))
+                    .await?
+                else {
+                    return Ok(true);
+                };
+                let data = full.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY));
+                let intact = data.is_some_and(|d| fingerprint(&d.0) == rendered.fingerprint);
+                if intact {
+                    if let Some(rv) = full.resource_version() {
+                        self.written
+                            .lock()
+                            .expect("lock")
+                            .insert(namespace.to_string(), rv);
+                    }
+                } else {
+                    tracing::info!(
+                        namespace,
+                        "pull secret data differs from what we wrote; restoring"
+                    );
+                }
+                Ok(!intact)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn apply(&self, namespace: &str, rendered: &Rendered) -> Result<(), Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = desired_secret(&self.secret_name, namespace, rendered);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.bounded(
-            "write",
-            &namespace,
-            secrets.patch(&self.secret_name, &params, &Patch::Apply(&secret)),
-        )
-        .await?;
+        self.limiter.acquire().await;
+        let written = self
+            .bounded(
+                "write",
+                namespace,
+                secrets.patch(&self.secret_name, &params, &Patch::Apply(&secret)),
+            )
+            .await?;
+        if let Some(rv) = written.resource_version() {
+            self.written
+                .lock()
+                .expect("lock")
+                .insert(namespace.to_string(), rv);
+        }
         tracing::info!(
             namespace,
             secret = self.secret_name,
@@ -146,7 +290,94 @@ impl Context {
             expires_at = %rfc3339(rendered.expires_at),
             "wrote pull secret"
         );
-        Ok(Outcome::Written)
+        Ok(())
+    }
+
+    /// Removes our Secret (only one carrying our label) and our ServiceAccount entries.
+    async fn deselect(&self, namespace: &str) -> Result<Outcome, Error> {
+        let mut outcome = Outcome::NotSelected;
+        if let Some(existing) = self
+            .cached_secret(namespace)
+            .filter(|s| is_managed(&s.metadata))
+        {
+            // Entries first: a ServiceAccount never points at a Secret we already removed.
+            self.service_account_entries(namespace, false).await?;
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            // The UID precondition guarantees we delete the Secret we saw, not a newer one.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: existing.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            self.limiter.acquire().await;
+            match self
+                .bounded(
+                    "delete",
+                    namespace,
+                    secrets.delete(&self.secret_name, &params),
+                )
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    namespace,
+                    secret = self.secret_name,
+                    "namespace left the selection; removed pull secret"
+                ),
+                Err(Error::Kube {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 404 || status.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+            outcome = Outcome::Removed;
+        } else {
+            self.service_account_entries(namespace, false).await?;
+        }
+        self.written.lock().expect("lock").remove(namespace);
+        self.events.clear(namespace);
+        Ok(outcome)
+    }
+
+    /// Adds (`present`) or removes our entry on the target ServiceAccounts of `namespace`,
+    /// deciding from the cache; only ServiceAccounts that need a change are written.
+    async fn service_account_entries(&self, namespace: &str, present: bool) -> Result<(), Error> {
+        let Some((targets, store)) = &self.service_accounts else {
+            return Ok(());
+        };
+        let candidates: Vec<Arc<ServiceAccount>> = match targets {
+            Targets::Names(names) => names
+                .iter()
+                .filter_map(|n| store.get(&ObjectRef::new(n).within(namespace)))
+                .collect(),
+            Targets::All => store
+                .state()
+                .into_iter()
+                .filter(|sa| sa.namespace().as_deref() == Some(namespace))
+                .collect(),
+        };
+        for sa in candidates {
+            if service_account::with_entry(
+                sa.image_pull_secrets.as_deref(),
+                &self.secret_name,
+                present,
+            )
+            .is_none()
+            {
+                continue;
+            }
+            self.limiter.acquire().await;
+            service_account::set_entry(
+                &self.client,
+                (*sa).clone(),
+                &self.secret_name,
+                present,
+                self.api_timeout,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Every API call that must finish gets a deadline: kube-client has none by default.
@@ -168,24 +399,84 @@ impl Context {
             ))),
         }
     }
+
+    async fn caches_ready(&self) -> bool {
+        let secrets = self.secrets.wait_until_ready();
+        let secrets_ok = matches!(
+            tokio::time::timeout(self.api_timeout, secrets).await,
+            Ok(Ok(()))
+        );
+        let accounts_ok = match &self.service_accounts {
+            Some((_, store)) => matches!(
+                tokio::time::timeout(self.api_timeout, store.wait_until_ready()).await,
+                Ok(Ok(()))
+            ),
+            None => true,
+        };
+        secrets_ok && accounts_ok
+    }
+
+    /// A periodic re-check as a safety net (it costs nothing when in sync): half the time to the
+    /// token's expiry, between 10 s and 30 min.
+    fn safety_requeue(&self) -> Action {
+        let Some(rendered) = self.desired.borrow().clone() else {
+            return Action::await_change();
+        };
+        let left = rendered
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Action::requeue((left / 2).clamp(Duration::from_secs(10), Duration::from_secs(1800)))
+    }
 }
 
-/// kube-runtime entry point.
+/// kube-runtime entry point: the backoff gate around `reconcile_namespace`.
 pub async fn reconcile(
     ns: Arc<PartialObjectMeta<Namespace>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    ctx.reconcile_namespace(&ns).await?;
-    // New tokens re-enqueue every namespace; namespace events enqueue this one.
-    Ok(Action::await_change())
+    let key = ns.uid().unwrap_or_else(|| ns.name_any());
+    let now = Instant::now();
+    if let Some(wait) = ctx.gate.check(&key, now) {
+        return Ok(Action::requeue(wait));
+    }
+    // Decisions come from the caches: wait until each has its first full list.
+    if !ctx.caches_ready().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    match ctx.reconcile_namespace(&ns).await {
+        Ok(_) => {
+            ctx.gate.succeeded(&key);
+            Ok(ctx.safety_requeue())
+        }
+        Err(error) => {
+            let delay = ctx.gate.failed(&key, now, rand::random());
+            let namespace = ns.name_any();
+            tracing::warn!(
+                namespace,
+                error = %error,
+                failures = ctx.gate.failures(&key),
+                retry_in_ms = delay.as_millis() as u64,
+                "reconcile failed; backing off"
+            );
+            ctx.events
+                .warn(
+                    &namespace,
+                    "SyncFailed",
+                    "Sync",
+                    format!("Could not sync the pull secret: {error}"),
+                )
+                .await;
+            Ok(Action::requeue(delay))
+        }
+    }
 }
 
-/// Retry a failed namespace later; the other namespaces are not delayed.
+/// Unused in practice (`reconcile` never fails); kube-runtime requires one.
 pub fn error_policy(
-    ns: Arc<PartialObjectMeta<Namespace>>,
-    error: &Error,
+    _ns: Arc<PartialObjectMeta<Namespace>>,
+    _error: &Error,
     _ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(namespace = ns.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

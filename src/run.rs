@@ -1,22 +1,27 @@
 //! `ecr-pull-secrets run`: wires credentials, token refresh, rendering and the namespace
 //! controller together, and shuts down cleanly on SIGTERM or Ctrl-C.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config as KubeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Error;
+use crate::backoff::{Exponential, Gate};
 use crate::config::RunArgs;
 use crate::credentials::{self, SecretCredentials};
-use crate::reconcile::{self, Context};
+use crate::events::Events;
+use crate::reconcile::{self, Context, WriteLimiter};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
 use crate::token::{self, Backoff, EcrPublicTokenSource, EcrTokenSource, Token};
@@ -69,12 +74,51 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         desired_tx,
     ));
 
+    let selection = args.selection().map_err(Error::Config)?;
+
+    // Metadata of our Secrets only, selected by name server-side: the controller never sees
+    // another Secret, and never caches Secret data.
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+    let secret_watch =
+        watcher::Config::default().fields(&format!("metadata.name={}", args.secret_name));
+    let (secret_store, secret_writer) = reflector::store();
+    let secret_events = watcher(secrets, secret_watch)
+        .default_backoff()
+        .reflect(secret_writer)
+        .touched_objects();
+
+    let (account_store, account_events) = match &args.service_accounts {
+        Some(targets) => {
+            let accounts: Api<ServiceAccount> = Api::all(client.clone());
+            let (store, writer) = reflector::store();
+            let targets = targets.clone();
+            let events = watcher(accounts, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .touched_objects()
+                .try_filter(move |sa| std::future::ready(targets.matches(&sa.name_any())))
+                .boxed();
+            (Some(store), events)
+        }
+        None => (None, futures::stream::pending().boxed()),
+    };
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         secret_name: args.secret_name.clone(),
-        selection: args.selection(),
+        selection,
         desired: desired_rx.clone(),
         api_timeout: args.api_timeout,
+        secrets: secret_store,
+        service_accounts: args.service_accounts.clone().zip(account_store),
+        adopt_existing: args.adopt_existing,
+        limiter: WriteLimiter::new(args.write_qps, args.write_burst),
+        gate: Gate::new(Exponential {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }),
+        written: Mutex::new(HashMap::new()),
+        events: Events::new(client.clone(), std::env::var("POD_NAME").ok()),
     });
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
@@ -82,8 +126,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
+    let in_namespace = |namespace: Option<String>| namespace.map(|ns| ObjectRef::new(&ns));
     let controller = Controller::new(namespaces, watcher::Config::default())
         .with_config(ControllerConfig::default().concurrency(args.concurrency))
+        .watches_stream(secret_events, move |secret| {
+            in_namespace(secret.namespace())
+        })
+        .watches_stream(account_events, move |sa| in_namespace(sa.namespace()))
         .reconcile_all_on(new_config)
         .graceful_shutdown_on(shutdown_signal())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -98,7 +147,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn connect() -> Result<Client, Error> {
+pub(crate) async fn connect() -> Result<Client, Error> {
     let config = KubeConfig::infer().await.map_err(|e| {
         Error::Config(format!(
             "no Kubernetes configuration found ({e}); run inside a cluster or set KUBECONFIG"

@@ -13,6 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use tokio::sync::watch;
 
+use crate::backoff::Exponential;
 use crate::registry::RegistryHost;
 
 /// Key of ECR Public's token in the token map (private tokens are keyed by region).
@@ -499,17 +500,17 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Delay before retry number `attempt` (0-based), `random` in `[0, 1)`: the exponential
-    /// ceiling, then a random point in its upper half (so delays still grow visibly).
+    /// Delay before retry number `attempt` (0-based) after an error of `class`.
     pub fn delay(&self, class: ErrorClass, attempt: u32, random: f64) -> Duration {
         let initial = match class {
             ErrorClass::Transient => self.initial,
             ErrorClass::Configuration => self.configuration_initial,
         };
-        let ceiling = initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
-            .min(self.max);
-        ceiling.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
+        Exponential {
+            initial,
+            max: self.max,
+        }
+        .delay(attempt, random)
     }
 }
 

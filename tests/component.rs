@@ -1,21 +1,29 @@
 //! Component tests: reconcile against a scripted API server (tower-test), asserting the exact
-//! requests, and that nothing is written where nothing may be.
+//! requests, and that nothing is sent where nothing may be.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ecr_pull_secrets::reconcile::{Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, Outcome};
+use ecr_pull_secrets::backoff::{Exponential, Gate};
+use ecr_pull_secrets::events::Events;
+use ecr_pull_secrets::reconcile::{
+    Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter,
+};
 use ecr_pull_secrets::render::{Rendered, render};
 use ecr_pull_secrets::selection::Selection;
+use ecr_pull_secrets::service_account::Targets;
 use ecr_pull_secrets::token::Token;
 use http::{Request, Response};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
 use kube::core::ObjectMeta;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
 use kube::{Client, Error};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -36,16 +44,47 @@ fn rendered() -> Arc<Rendered> {
     Arc::new(render(&BTreeMap::from([("eu-west-1".to_string(), token)]), &[]).unwrap())
 }
 
-fn context(selection: Selection, desired: Option<Arc<Rendered>>) -> (Context, ApiServer) {
+/// The world as the caches see it.
+#[derive(Default)]
+struct World {
+    selection: Selection,
+    desired: Option<Arc<Rendered>>,
+    secrets: Vec<PartialObjectMeta<Secret>>,
+    accounts: Option<(Targets, Vec<ServiceAccount>)>,
+}
+
+fn context(world: World) -> (Context, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
     // A receiver still borrows the last value after its sender is gone.
-    let (_, rx) = watch::channel(desired);
+    let (_, desired) = watch::channel(world.desired);
+    let (secrets, mut writer) = reflector::store();
+    for secret in world.secrets {
+        writer.apply_watcher_event(&watcher::Event::Apply(secret));
+    }
+    let service_accounts = world.accounts.map(|(targets, accounts)| {
+        let (store, mut writer) = reflector::store();
+        for sa in accounts {
+            writer.apply_watcher_event(&watcher::Event::Apply(sa));
+        }
+        (targets, store)
+    });
     let ctx = Context {
-        client: Client::new(service, "default"),
+        client: client.clone(),
         secret_name: "ecr-pull-secret".into(),
-        selection,
-        desired: rx,
+        selection: world.selection,
+        desired,
         api_timeout: Duration::from_secs(5),
+        secrets,
+        service_accounts,
+        adopt_existing: false,
+        limiter: WriteLimiter::new(1000, 1000),
+        gate: Gate::new(Exponential {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }),
+        written: Mutex::new(HashMap::new()),
+        events: Events::new(client, Some("test".into())),
     };
     (ctx, handle)
 }
@@ -62,6 +101,31 @@ fn namespace(name: &str) -> PartialObjectMeta<Namespace> {
     }
 }
 
+fn cached_secret(
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> PartialObjectMeta<Secret> {
+    let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    PartialObjectMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: Some("ecr-pull-secret".into()),
+            namespace: Some("team-a".into()),
+            uid: Some("secret-uid".into()),
+            resource_version: Some("7".into()),
+            labels: Some(map(labels)),
+            annotations: Some(map(annotations)),
+            ..ObjectMeta::default()
+        },
+        _phantom: Default::default(),
+    }
+}
+
 fn json_response(status: u16, body: Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -70,72 +134,59 @@ fn json_response(status: u16, body: Value) -> Response<Body> {
         .unwrap()
 }
 
-fn not_found() -> Response<Body> {
+fn status(code: u16, reason: &str) -> Response<Body> {
     json_response(
-        404,
-        json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}),
+        code,
+        json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":reason,"code":code,"message":reason}),
     )
 }
 
-fn secret_meta(labels: Value, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-        "metadata": {"name": "ecr-pull-secret", "namespace": "team-a", "labels": labels, "annotations": annotations}
-    })
+async fn body_of(request: Request<Body>) -> Value {
+    serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap()
 }
 
-async fn expect_metadata_get(server: &mut ApiServer, answer: Response<Body>) {
-    let (request, send) = server
-        .next_request()
-        .await
-        .expect("a GET of the Secret's metadata");
-    assert_eq!(request.method(), "GET");
-    assert_eq!(
-        request.uri().path(),
-        "/api/v1/namespaces/team-a/secrets/ecr-pull-secret"
-    );
-    let accept = request.headers()["accept"].to_str().unwrap();
-    assert!(
-        accept.contains("as=PartialObjectMetadata"),
-        "metadata-only read, got {accept}"
-    );
-    send.send_response(answer);
+/// After the code under test is done (ctx dropped), the API server saw nothing more.
+async fn assert_no_more_requests(ctx: Context, mut server: ApiServer) {
+    drop(ctx);
+    if let Some((request, _)) = server.next_request().await {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
 }
 
 #[tokio::test]
-async fn creates_the_secret_by_server_side_apply() {
+async fn creates_the_secret_by_server_side_apply_without_reading_first() {
     let desired = rendered();
-    let (ctx, mut server) = context(Selection::default(), Some(desired.clone()));
+    let (ctx, mut server) = context(World {
+        desired: Some(desired.clone()),
+        ..World::default()
+    });
     let api = tokio::spawn(async move {
-        expect_metadata_get(&mut server, not_found()).await;
         let (request, send) = server.next_request().await.expect("an apply");
         assert_eq!(request.method(), "PATCH");
         assert_eq!(
             request.uri().path(),
             "/api/v1/namespaces/team-a/secrets/ecr-pull-secret"
         );
-        let query = request.uri().query().unwrap();
+        let query = request.uri().query().unwrap().to_string();
         assert!(query.contains("fieldManager=ecr-pull-secrets"), "{query}");
         assert!(query.contains("force=true"), "{query}");
         assert_eq!(
             request.headers()["content-type"],
             "application/apply-patch+yaml"
         );
-        let body: Value =
-            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
-        send.send_response(json_response(200, body.clone()));
-        body
+        let body = body_of(request).await;
+        let mut answer = body.clone();
+        answer["metadata"]["resourceVersion"] = json!("8");
+        send.send_response(json_response(200, answer));
+        (body, server)
     });
     let outcome = ctx.reconcile_namespace(&namespace("team-a")).await.unwrap();
     assert_eq!(outcome, Outcome::Written);
-    let body = api.await.unwrap();
+    let (body, server) = api.await.unwrap();
     assert_eq!(body["apiVersion"], "v1");
     assert_eq!(body["kind"], "Secret");
     assert_eq!(body["type"], "kubernetes.io/dockerconfigjson");
-    assert_eq!(
-        body["metadata"]["labels"][MANAGED_LABEL],
-        "ecr-pull-secrets"
-    );
+    assert_eq!(body["metadata"]["labels"][MANAGED_LABEL], MANAGED_VALUE);
     assert_eq!(
         body["metadata"]["annotations"][FINGERPRINT_ANNOTATION],
         desired.fingerprint.as_str()
@@ -144,56 +195,150 @@ async fn creates_the_secret_by_server_side_apply() {
         .decode(body["data"][".dockerconfigjson"].as_str().unwrap())
         .unwrap();
     assert_eq!(config, desired.config);
+    assert_eq!(ctx.written.lock().unwrap()["team-a"], "8");
+    assert_no_more_requests(ctx, server).await;
 }
 
 #[tokio::test]
-async fn leaves_a_foreign_secret_alone() {
-    let (ctx, mut server) = context(Selection::default(), Some(rendered()));
-    let api = tokio::spawn(async move {
-        expect_metadata_get(
-            &mut server,
-            json_response(200, secret_meta(json!({"team": "a"}), json!({}))),
-        )
-        .await;
-        server
+async fn a_foreign_secret_is_left_alone_and_reported_once() {
+    let (ctx, mut server) = context(World {
+        desired: Some(rendered()),
+        secrets: vec![cached_secret(&[("team", "a")], &[])],
+        ..World::default()
     });
-    let outcome = ctx.reconcile_namespace(&namespace("team-a")).await.unwrap();
-    assert_eq!(outcome, Outcome::Conflict);
-    let mut server = api.await.unwrap();
-    drop(ctx);
-    assert!(
-        server.next_request().await.is_none(),
-        "no write after a conflict"
-    );
-}
-
-#[tokio::test]
-async fn skips_an_unchanged_secret() {
-    let desired = rendered();
-    let (ctx, mut server) = context(Selection::default(), Some(desired.clone()));
-    let fingerprint = desired.fingerprint.clone();
     let api = tokio::spawn(async move {
-        let meta = secret_meta(
-            json!({MANAGED_LABEL: "ecr-pull-secrets"}),
-            json!({FINGERPRINT_ANNOTATION: fingerprint}),
+        let (request, send) = server.next_request().await.expect("an Event");
+        assert_eq!(request.method(), "POST");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/team-a/events"
         );
-        expect_metadata_get(&mut server, json_response(200, meta)).await;
+        let body = body_of(request).await;
+        send.send_response(json_response(201, body.clone()));
+        (body, server)
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Conflict
+    );
+    let (event, server) = api.await.unwrap();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "SecretConflict");
+    assert_eq!(event["regarding"]["kind"], "Namespace");
+    assert!(event["note"].as_str().unwrap().contains("--adopt-existing"));
+    // A second reconcile in the same window publishes nothing and writes nothing.
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Conflict
+    );
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn an_unchanged_secret_costs_no_request() {
+    let desired = rendered();
+    let (ctx, server) = context(World {
+        desired: Some(desired.clone()),
+        secrets: vec![cached_secret(
+            &[(MANAGED_LABEL, MANAGED_VALUE)],
+            &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
+        )],
+        ..World::default()
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::UpToDate
+    );
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn data_edited_by_another_field_manager_is_restored() {
+    let desired = rendered();
+    let mut edited = cached_secret(
+        &[(MANAGED_LABEL, MANAGED_VALUE)],
+        &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
+    );
+    edited.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-edit".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(json!({"f:data": {"f:.dockerconfigjson": {}}}))),
+        ..ManagedFieldsEntry::default()
+    }]);
+    let (ctx, mut server) = context(World {
+        desired: Some(desired),
+        secrets: vec![edited],
+        ..World::default()
+    });
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("a restoring apply");
+        assert_eq!(request.method(), "PATCH");
+        let body = body_of(request).await;
+        send.send_response(json_response(200, body));
         server
     });
-    let outcome = ctx.reconcile_namespace(&namespace("team-a")).await.unwrap();
-    assert_eq!(outcome, Outcome::UpToDate);
-    let mut server = api.await.unwrap();
-    drop(ctx);
-    assert!(
-        server.next_request().await.is_none(),
-        "no write when unchanged"
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Written
     );
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition() {
+    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let (ctx, mut server) = context(World {
+        selection: excluded,
+        desired: Some(rendered()),
+        secrets: vec![cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[])],
+        ..World::default()
+    });
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("a delete");
+        assert_eq!(request.method(), "DELETE");
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/team-a/secrets/ecr-pull-secret"
+        );
+        let body = body_of(request).await;
+        assert_eq!(body["preconditions"]["uid"], "secret-uid");
+        send.send_response(json_response(
+            200,
+            json!({"kind":"Status","apiVersion":"v1","status":"Success"}),
+        ));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Removed
+    );
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
+
+    // A foreign Secret in an excluded namespace is not ours to delete.
+    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let (ctx, server) = context(World {
+        selection: excluded,
+        desired: Some(rendered()),
+        secrets: vec![cached_secret(&[], &[])],
+        ..World::default()
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::NotSelected
+    );
+    assert_no_more_requests(ctx, server).await;
 }
 
 #[tokio::test]
 async fn excluded_terminating_and_tokenless_namespaces_cost_no_request() {
-    let excluded = Selection::new(&[], &["team-a".to_string()]);
-    let (ctx, mut server) = context(excluded, Some(rendered()));
+    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let (ctx, server) = context(World {
+        selection: excluded,
+        desired: Some(rendered()),
+        ..World::default()
+    });
     assert_eq!(
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
         Outcome::NotSelected
@@ -206,21 +351,104 @@ async fn excluded_terminating_and_tokenless_namespaces_cost_no_request() {
         ctx.reconcile_namespace(&terminating).await.unwrap(),
         Outcome::NotSelected
     );
-    drop(ctx);
-    assert!(server.next_request().await.is_none());
+    assert_no_more_requests(ctx, server).await;
 
-    let (ctx, mut server) = context(Selection::default(), None);
+    let (ctx, server) = context(World::default());
     assert_eq!(
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
         Outcome::NoTokenYet
     );
-    drop(ctx);
-    assert!(server.next_request().await.is_none());
+    assert_no_more_requests(ctx, server).await;
+}
+
+fn service_account(name: &str, rv: &str, pull_secrets: &[&str]) -> ServiceAccount {
+    ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("team-a".into()),
+            resource_version: Some(rv.into()),
+            ..ObjectMeta::default()
+        },
+        image_pull_secrets: Some(
+            pull_secrets
+                .iter()
+                .map(|n| LocalObjectReference {
+                    name: n.to_string(),
+                })
+                .collect(),
+        ),
+        ..ServiceAccount::default()
+    }
+}
+
+#[tokio::test]
+async fn service_account_patch_keeps_other_entries_and_retries_on_conflict() {
+    let desired = rendered();
+    let (ctx, mut server) = context(World {
+        desired: Some(desired.clone()),
+        secrets: vec![cached_secret(
+            &[(MANAGED_LABEL, MANAGED_VALUE)],
+            &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
+        )],
+        accounts: Some((
+            "default".parse().unwrap(),
+            vec![
+                service_account("default", "10", &["a", "b"]),
+                service_account("builder", "11", &[]),
+            ],
+        )),
+        ..World::default()
+    });
+    let api = tokio::spawn(async move {
+        // First try, from the cache: someone else wrote in between.
+        let (request, send) = server.next_request().await.expect("a patch");
+        assert_eq!(request.method(), "PATCH");
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/team-a/serviceaccounts/default"
+        );
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/merge-patch+json"
+        );
+        let body = body_of(request).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "10");
+        assert_eq!(
+            body["imagePullSecrets"],
+            json!([{"name":"a"},{"name":"b"},{"name":"ecr-pull-secret"}])
+        );
+        send.send_response(status(409, "Conflict"));
+        // Re-read, then patch the fresh list: the other writer's entry "c" survives.
+        let (request, send) = server.next_request().await.expect("a re-read");
+        assert_eq!(request.method(), "GET");
+        let fresh =
+            serde_json::to_value(service_account("default", "12", &["a", "b", "c"])).unwrap();
+        send.send_response(json_response(200, fresh));
+        let (request, send) = server.next_request().await.expect("a second patch");
+        let body = body_of(request).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "12");
+        assert_eq!(
+            body["imagePullSecrets"],
+            json!([{"name":"a"},{"name":"b"},{"name":"c"},{"name":"ecr-pull-secret"}])
+        );
+        send.send_response(json_response(200, body));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::UpToDate
+    );
+    let server = api.await.unwrap();
+    // "builder" is not a target and was not touched.
+    assert_no_more_requests(ctx, server).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_api_server_times_out() {
-    let (ctx, mut server) = context(Selection::default(), Some(rendered()));
+    let (ctx, mut server) = context(World {
+        desired: Some(rendered()),
+        ..World::default()
+    });
     let api = tokio::spawn(async move {
         // Take the request and never answer it.
         let pending = server.next_request().await;
@@ -238,13 +466,13 @@ async fn a_hanging_api_server_times_out() {
 
 #[tokio::test]
 async fn api_errors_carry_context() {
-    let (ctx, mut server) = context(Selection::default(), Some(rendered()));
+    let (ctx, mut server) = context(World {
+        desired: Some(rendered()),
+        ..World::default()
+    });
     tokio::spawn(async move {
         let (_, send) = server.next_request().await.unwrap();
-        send.send_response(json_response(
-            403,
-            json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"secrets is forbidden"}),
-        ));
+        send.send_response(status(403, "Forbidden"));
     });
     let err = ctx
         .reconcile_namespace(&namespace("team-a"))
@@ -256,7 +484,7 @@ async fn api_errors_carry_context() {
     );
     assert!(
         err.to_string()
-            .contains("read Secret team-a/ecr-pull-secret"),
+            .contains("write Secret team-a/ecr-pull-secret"),
         "{err}"
     );
 }

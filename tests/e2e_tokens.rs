@@ -41,15 +41,24 @@ async fn two_regions_two_hundred_namespaces_short_tokens() {
             &namespaces.join(","),
             "--registry",
             &hosts.join(","),
+            // Each region's refresh rewrites all 200 secrets every ~10 s: lift the write limit.
+            "--write-qps",
+            "1000",
+            "--write-burst",
+            "1000",
         ],
     );
     // Three token generations in every namespace: two refresh cycles after the first write.
-    eventually("three token generations everywhere", Duration::from_secs(90), || async {
-        namespaces
-            .iter()
-            .all(|ns| recorder.tokens_in(ns).len() >= 3)
-            .then_some(())
-    })
+    eventually(
+        "three token generations everywhere",
+        Duration::from_secs(90),
+        || async {
+            namespaces
+                .iter()
+                .all(|ns| recorder.tokens_in(ns).len() >= 3)
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
     env.set_emulator(&json!({}));
@@ -72,8 +81,14 @@ async fn two_regions_two_hundred_namespaces_short_tokens() {
             "{region}: {region_calls} calls for 3 generations of 200 namespaces"
         );
     }
-    assert_eq!(calls.len(), calls.iter().filter(|c| c["outcome"] == "ok").count());
-    eprintln!("{} calls for two regions, three generations, 200 namespaces", calls.len());
+    assert_eq!(
+        calls.len(),
+        calls.iter().filter(|c| c["outcome"] == "ok").count()
+    );
+    eprintln!(
+        "{} calls for two regions, three generations, 200 namespaces",
+        calls.len()
+    );
     delete_namespaces(&client, &namespaces).await;
 }
 
@@ -118,23 +133,34 @@ async fn transient_faults_back_off_and_keep_the_last_good_token() {
     );
     let mut all_gaps = Vec::new();
     for fault in ["throttle", "5xx"] {
-        let before = eventually("a token in every namespace", Duration::from_secs(30), || async {
-            let tokens: BTreeSet<String> = namespaces
-                .iter()
-                .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
-                .collect();
-            (tokens.len() == 1 && namespaces.iter().all(|ns| !recorder.tokens_in(ns).is_empty()))
+        let before = eventually(
+            "a token in every namespace",
+            Duration::from_secs(30),
+            || async {
+                let tokens: BTreeSet<String> = namespaces
+                    .iter()
+                    .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
+                    .collect();
+                (tokens.len() == 1
+                    && namespaces
+                        .iter()
+                        .all(|ns| !recorder.tokens_in(ns).is_empty()))
                 .then(|| tokens.into_iter().next().unwrap())
-        })
+            },
+        )
         .await;
         let log_start = env.call_log().len();
         env.set_emulator(&json!({ "ttl_seconds": 40, "fail": fault, "count": 4 }));
 
         // The four failures, then a success whose token reaches every namespace.
-        let calls = eventually("four failures and a success", Duration::from_secs(45), || async {
-            let calls = calls_since(&env, log_start);
-            (calls.len() >= 5 && calls[4]["outcome"] == "ok").then_some(calls)
-        })
+        let calls = eventually(
+            "four failures and a success",
+            Duration::from_secs(45),
+            || async {
+                let calls = calls_since(&env, log_start);
+                (calls.len() >= 5 && calls[4]["outcome"] == "ok").then_some(calls)
+            },
+        )
         .await;
         for call in &calls[..4] {
             assert_eq!(call["outcome"], fault);
@@ -142,25 +168,43 @@ async fn transient_faults_back_off_and_keep_the_last_good_token() {
         // Meanwhile nothing changed: every namespace still held the last good token.
         let fault_end = calls[3]["time"].as_f64().unwrap();
         for o in recorder.snapshot() {
-            let at = o.at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+            let at =
+                o.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64();
             if at > calls[0]["time"].as_f64().unwrap() && at < fault_end {
-                assert_eq!(o.secret.password, before, "{} changed during the fault", o.namespace);
+                assert_eq!(
+                    o.secret.password, before,
+                    "{} changed during the fault",
+                    o.namespace
+                );
             }
         }
-        let times: Vec<f64> = calls[..5].iter().map(|c| c["time"].as_f64().unwrap()).collect();
+        let times: Vec<f64> = calls[..5]
+            .iter()
+            .map(|c| c["time"].as_f64().unwrap())
+            .collect();
         assert_backoff(&times);
         all_gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
 
-        let new_token = eventually("the new token in every namespace", Duration::from_secs(10), || async {
-            let latest: BTreeSet<String> = namespaces
-                .iter()
-                .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
-                .collect();
-            (latest.len() == 1 && !latest.contains(&before)).then(|| latest.into_iter().next().unwrap())
-        })
+        let new_token = eventually(
+            "the new token in every namespace",
+            Duration::from_secs(10),
+            || async {
+                let latest: BTreeSet<String> = namespaces
+                    .iter()
+                    .filter_map(|ns| recorder.tokens_in(ns).last().cloned())
+                    .collect();
+                (latest.len() == 1 && !latest.contains(&before))
+                    .then(|| latest.into_iter().next().unwrap())
+            },
+        )
         .await;
         let issuing = env.issuing_call(&new_token).unwrap();
-        assert_eq!(issuing["time"], calls[4]["time"], "the token of the first successful call");
+        assert_eq!(
+            issuing["time"], calls[4]["time"],
+            "the token of the first successful call"
+        );
     }
     // Jitter: the eight gaps are not all exactly on their ceilings.
     eprintln!("attempt gaps: {all_gaps:.3?}");
@@ -187,7 +231,14 @@ async fn access_denied_names_the_permission_and_overwrites_nothing() {
     let secret_name = format!("pull-{p}");
     let mut controller = env.controller(
         &p,
-        &["--secret-name", &secret_name, "--target-namespaces", &ns, "--refresh-fraction", "0.9"],
+        &[
+            "--secret-name",
+            &secret_name,
+            "--target-namespaces",
+            &ns,
+            "--refresh-fraction",
+            "0.9",
+        ],
     );
     let good = eventually("the first secret", Duration::from_secs(30), || async {
         get_secret(&client, &ns, &secret_name).await
@@ -195,15 +246,27 @@ async fn access_denied_names_the_permission_and_overwrites_nothing() {
     .await;
     let log_start = env.call_log().len();
     env.set_emulator(&json!({ "ttl_seconds": 20, "fail": "denied" }));
-    eventually("a denied refresh, logged with the missing permission", Duration::from_secs(30), || async {
-        let denied = calls_since(&env, log_start).iter().any(|c| c["outcome"] == "denied");
-        let log = controller.log_text();
-        (denied && log.contains("lack permission ecr:GetAuthorizationToken") && log.contains("configuration"))
+    eventually(
+        "a denied refresh, logged with the missing permission",
+        Duration::from_secs(30),
+        || async {
+            let denied = calls_since(&env, log_start)
+                .iter()
+                .any(|c| c["outcome"] == "denied");
+            let log = controller.log_text();
+            (denied
+                && log.contains("lack permission ecr:GetAuthorizationToken")
+                && log.contains("configuration"))
             .then_some(())
-    })
+        },
+    )
     .await;
     let after = get_secret(&client, &ns, &secret_name).await.unwrap();
-    assert_eq!(decode(&after), decode(&good), "nothing overwritten while access is denied");
+    assert_eq!(
+        decode(&after),
+        decode(&good),
+        "nothing overwritten while access is denied"
+    );
     assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
     env.set_emulator(&json!({}));
     delete_namespaces(&client, &[ns]).await;
@@ -235,22 +298,34 @@ async fn rotated_keys_are_used_at_the_next_fetch_without_restart() {
             &system,
         ],
     );
-    let first = eventually("a secret from the old key", Duration::from_secs(30), || async {
-        get_secret(&client, &ns, &secret_name).await
-    })
+    let first = eventually(
+        "a secret from the old key",
+        Duration::from_secs(30),
+        || async { get_secret(&client, &ns, &secret_name).await },
+    )
     .await;
-    assert_eq!(env.issuing_call(&decode(&first).password).unwrap()["access_key_id"], old_key);
+    assert_eq!(
+        env.issuing_call(&decode(&first).password).unwrap()["access_key_id"],
+        old_key
+    );
 
     // Rotate: the old key stops working, the new one is in the Secret.
     put_credentials(&client, &system, "aws", new_key, "new-secret-key").await;
     env.set_emulator(&json!({ "ttl_seconds": 10, "allowed_access_keys": [new_key] }));
-    eventually("a secret from the new key", Duration::from_secs(30), || async {
-        let secret = get_secret(&client, &ns, &secret_name).await?;
-        let call = env.issuing_call(&decode(&secret).password)?;
-        (call["access_key_id"] == new_key).then_some(())
-    })
+    eventually(
+        "a secret from the new key",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&client, &ns, &secret_name).await?;
+            let call = env.issuing_call(&decode(&secret).password)?;
+            (call["access_key_id"] == new_key).then_some(())
+        },
+    )
     .await;
-    assert!(controller.wait_exit(Duration::ZERO).is_none(), "same process, no restart");
+    assert!(
+        controller.wait_exit(Duration::ZERO).is_none(),
+        "same process, no restart"
+    );
     assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
     let log = controller.log_text();
     assert!(log.contains("credentials Secret changed"));
@@ -284,18 +359,28 @@ async fn ecr_public_and_an_assumed_role() {
             "e2e",
         ],
     );
-    let secret = eventually("a secret with private and public hosts", Duration::from_secs(30), || async {
-        let secret = get_secret(&client, &ns, &secret_name).await?;
-        (decode(&secret).hosts.len() == 2).then_some(secret)
-    })
+    let secret = eventually(
+        "a secret with private and public hosts",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&client, &ns, &secret_name).await?;
+            (decode(&secret).hosts.len() == 2).then_some(secret)
+        },
+    )
     .await;
-    assert_eq!(decode(&secret).hosts, [env.default_registry(), "public.ecr.aws".to_string()]);
+    assert_eq!(
+        decode(&secret).hosts,
+        [env.default_registry(), "public.ecr.aws".to_string()]
+    );
     let calls = calls_since(&env, log_start);
     let services: BTreeSet<&str> = calls.iter().filter_map(|c| c["service"].as_str()).collect();
     assert_eq!(services, BTreeSet::from(["ecr", "ecr-public"]));
     for call in &calls {
         let key = call["access_key_id"].as_str().unwrap();
-        assert!(key.starts_with("ASIA"), "signed with assumed-role credentials, not the base key: {key}");
+        assert!(
+            key.starts_with("ASIA"),
+            "signed with assumed-role credentials, not the base key: {key}"
+        );
     }
     assert_eq!(controller.terminate(Duration::from_secs(10)), Some(0));
     delete_namespaces(&client, &[ns]).await;

@@ -1,0 +1,118 @@
+//! `ecr-pull-secrets cleanup`: removes every managed Secret and our ServiceAccount entries, for
+//! uninstalling. Only Secrets with our name *and* our managed label are deleted.
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Preconditions};
+use kube::{Client, ResourceExt};
+
+use crate::Error;
+use crate::config::CleanupArgs;
+use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE};
+use crate::service_account;
+
+/// What cleanup found (and, unless dry-run, removed).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub secrets: Vec<String>,
+    pub service_accounts: Vec<String>,
+}
+
+pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
+    let client = crate::run::connect().await?;
+    let report = cleanup_with(&client, args).await?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for secret in &report.secrets {
+        println!("{verb} Secret {secret}");
+    }
+    for sa in &report.service_accounts {
+        println!("{verb} {} from ServiceAccount {sa}", args.secret_name);
+    }
+    println!(
+        "{verb} {} Secret(s) and {} ServiceAccount entr{}{}",
+        report.secrets.len(),
+        report.service_accounts.len(),
+        if report.service_accounts.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        if args.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    Ok(report)
+}
+
+pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
+    let kube_err = |context: &str| {
+        let context = context.to_string();
+        move |source| Error::Kube { context, source }
+    };
+    let mut report = Report::default();
+
+    // ServiceAccount entries first, so no ServiceAccount points at a removed Secret.
+    let accounts: Api<ServiceAccount> = Api::all(client.clone());
+    let list = accounts
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing ServiceAccounts"))?;
+    for sa in list.items {
+        if service_account::with_entry(sa.image_pull_secrets.as_deref(), &args.secret_name, false)
+            .is_none()
+        {
+            continue;
+        }
+        report.service_accounts.push(format!(
+            "{}/{}",
+            sa.namespace().unwrap_or_default(),
+            sa.name_any()
+        ));
+        if !args.dry_run {
+            service_account::set_entry(client, sa, &args.secret_name, false, args.api_timeout)
+                .await?;
+        }
+    }
+
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+    let params = ListParams::default()
+        .fields(&format!("metadata.name={}", args.secret_name))
+        .labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    let list = secrets
+        .list_metadata(&params)
+        .await
+        .map_err(kube_err("listing managed Secrets"))?;
+    for secret in list.items {
+        let namespace = secret.namespace().unwrap_or_default();
+        report
+            .secrets
+            .push(format!("{namespace}/{}", secret.name_any()));
+        if args.dry_run {
+            continue;
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: secret.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&secret.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    context: format!("deleting Secret {namespace}/{}", secret.name_any()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
