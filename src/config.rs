@@ -187,6 +187,40 @@ pub struct RunArgs {
     /// Timeout of each Kubernetes API write.
     #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub api_timeout: Duration,
+
+    /// Address of the admin listener (/healthz, /readyz, /metrics). Port 0 picks a free port
+    /// (logged at start).
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_ADMIN_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_address: String,
+
+    /// This replica's identity in the Lease. Default: POD_NAME, else the host name plus a
+    /// random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Name of the Lease replicas contend for (in --lease-namespace).
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
+    pub lease_name: String,
+
+    /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a lease is valid without renewal; another replica takes over after it.
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// The leader stops working if it could not renew for this long (< --lease-duration).
+    #[arg(long, env = "ECR_PULL_SECRETS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often the lease is renewed or tried (< --renew-deadline).
+    #[arg(long, env = "ECR_PULL_SECRETS_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
 }
 
 impl RunArgs {
@@ -215,6 +249,16 @@ impl RunArgs {
             }
         }
         self.selection()?;
+        if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "lease timings must satisfy --retry-period ({:?}) < --renew-deadline ({:?}) < --lease-duration ({:?}), \
+                 so a leader stops before another may take over; e.g. 2s < 10s < 15s",
+                self.retry_period, self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.lease_duration < Duration::from_secs(1) {
+            return Err("--lease-duration must be at least 1s".into());
+        }
         Ok(())
     }
 
@@ -345,7 +389,7 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_problem_and_the_fix() {
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 9] = [
             (
                 &["--registry", "example.com", "--region", "us-east-1"],
                 "expected <12-digit account>",
@@ -379,6 +423,10 @@ mod tests {
             (
                 &["--region", "us-east-1", "--role-external-id", "x"],
                 "--role-arn",
+            ),
+            (
+                &["--region", "us-east-1", "--renew-deadline", "20s"],
+                "--retry-period (2s) < --renew-deadline (20s) < --lease-duration (15s)",
             ),
         ];
         for (args, expected) in cases {

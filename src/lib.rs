@@ -4,11 +4,14 @@
 //! config ([`render`]), and written into every namespace that [`selection`] picks
 //! ([`reconcile`]). [`run`] wires these together.
 
+pub mod admin;
 pub mod backoff;
 pub mod cleanup;
 pub mod config;
 pub mod credentials;
 pub mod events;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod registry;
 pub mod render;
@@ -34,6 +37,8 @@ pub enum Error {
     Timeout(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("lost leadership: {0}")]
+    LostLeadership(String),
 }
 
 impl Error {
@@ -45,6 +50,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::Timeout(_) => "timeout",
             Error::Conflict(_) => "conflict",
+            Error::LostLeadership(_) => "lost_leadership",
         }
     }
 }

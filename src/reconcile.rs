@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::backoff::Gate;
 use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::render::{Rendered, fingerprint, rfc3339};
 use crate::selection::{Decision, Selection};
 use crate::service_account::{self, Targets};
@@ -75,6 +76,7 @@ pub struct Context {
     /// means someone else wrote.
     pub written: Mutex<HashMap<String, String>>,
     pub events: Events,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The outcome of one reconcile, for logs and tests.

@@ -16,24 +16,165 @@ use kube::{Client, Config as KubeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use std::sync::atomic::Ordering;
+
 use crate::Error;
+use crate::admin::{self, AdminState, Health};
 use crate::backoff::{Exponential, Gate};
 use crate::config::RunArgs;
 use crate::credentials::{self, SecretCredentials};
 use crate::events::Events;
+use crate::leader::{self, Elector, LeaseConfig};
+use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, WriteLimiter};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
+use crate::selection::Selection;
 use crate::token::{self, Backoff, EcrPublicTokenSource, EcrTokenSource, Token};
 use aws_config::identity::IdentityCache;
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     args.validate().map_err(Error::Config)?;
+    let selection = args.selection().map_err(Error::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    // Every replica serves probes and metrics, leader or not.
+    let state = AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let (address, admin) = admin::bind(&args.admin_address, state).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot listen on --admin-address {}: {e}; choose a free address (e.g. 0.0.0.0:8080)",
+            args.admin_address
+        ))
+    })?;
+    tracing::info!(address = %address, "admin server listening");
+    let admin = AbortOnDrop(tokio::spawn(admin));
+
+    let (stop_tx, stop) = watch::channel(false);
+    let signals = AbortOnDrop(tokio::spawn({
+        let health = health.clone();
+        async move {
+            shutdown_signal().await;
+            // Out of rotation first, then drain.
+            health.shutting_down.store(true, Ordering::SeqCst);
+            stop_tx.send_replace(true);
+        }
+    }));
+
     let client = connect().await?;
     preflight(&client, &args).await?;
+    if let Some(name) = &args.credentials_secret {
+        // Fail at start, on every replica, rather than when this one first leads.
+        credentials::load_from_secret(client.clone(), &own_namespace(&client, &args), name).await?;
+    }
+    health.started.store(true, Ordering::SeqCst);
 
+    let lease = LeaseConfig {
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| own_namespace(&client, &args)),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    tracing::info!(
+        identity = lease.identity,
+        lease = format!("{}/{}", lease.namespace, lease.name),
+        "contending for leadership"
+    );
+    let (leading_tx, mut leading) = watch::channel(false);
+    let election = AbortOnDrop(tokio::spawn(leader::run(
+        Elector::new(client.clone(), lease.clone()),
+        leading_tx,
+        metrics.clone(),
+    )));
+
+    // Followers idle (and stay ready) until they lead or are told to stop.
+    let mut stopping = stop.clone();
+    tokio::select! {
+        led = leading.wait_for(|l| *l) => {
+            if led.is_err() {
+                return Err(Error::LostLeadership("the election ended unexpectedly".into()));
+            }
+        }
+        _ = stopping.wait_for(|s| *s) => {
+            tracing::info!("stopped while following");
+            return Ok(());
+        }
+    }
+
+    // The leader's work is one future: dropped, with everything it spawned, the moment the
+    // lease is lost.
+    let work = lead(
+        &args,
+        client.clone(),
+        selection,
+        metrics.clone(),
+        stop.clone(),
+    );
+    let result = tokio::select! {
+        result = work => result,
+        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
+            "the lease was not renewed within the renew deadline, or another replica took it; \
+             the leader's work was stopped, exiting so a fresh start can contend again".into(),
+        )),
+    };
+    drop(election);
+    if result.is_ok() {
+        // Hand over at once instead of letting the lease expire.
+        let elector = Elector::new(client, lease);
+        match tokio::time::timeout(args.api_timeout, elector.release()).await {
+            Ok(Ok(())) => tracing::info!("released the lease"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "could not release the lease; it expires by itself")
+            }
+            Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
+        }
+    }
+    drop((admin, signals));
+    result
+}
+
+/// Aborts a spawned task when dropped, so nothing outlives the scope that started it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn own_namespace(client: &Client, args: &RunArgs) -> String {
+    args.namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
+/// The host name plus a random suffix: unique even for two processes on one host.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "ecr-pull-secrets".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// The leader's work: token refresh per identity, rendering, and the namespace controller.
+/// Returns after a graceful shutdown (in-flight writes finished).
+async fn lead(
+    args: &RunArgs,
+    client: Client,
+    selection: Selection,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
     let mut tasks = JoinSet::new();
-    let sdk_config = aws_config(&client, &args, &mut tasks).await?;
+    let sdk_config = aws_config(&client, args, &mut tasks).await?;
     let regions = args.regions();
     tracing::info!(
         regions = regions.join(","),
@@ -57,6 +198,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             args.refresh_policy(),
             Backoff::default(),
             tokens_tx.clone(),
+            metrics.clone(),
         ));
     }
     if args.ecr_public {
@@ -65,6 +207,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             args.refresh_policy(),
             Backoff::default(),
             tokens_tx.clone(),
+            metrics.clone(),
         ));
     }
     let (desired_tx, desired_rx) = watch::channel(None);
@@ -73,8 +216,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         args.registries.clone(),
         desired_tx,
     ));
-
-    let selection = args.selection().map_err(Error::Config)?;
 
     // Metadata of our Secrets only, selected by name server-side: the controller never sees
     // another Secret, and never caches Secret data.
@@ -118,7 +259,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             max: Duration::from_secs(300),
         }),
         written: Mutex::new(HashMap::new()),
-        events: Events::new(client.clone(), std::env::var("POD_NAME").ok()),
+        events: Events::new(client.clone(), args.identity.clone()),
+        metrics,
     });
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
@@ -134,7 +276,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         })
         .watches_stream(account_events, move |sa| in_namespace(sa.namespace()))
         .reconcile_all_on(new_config)
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -143,7 +287,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         });
     controller.await;
     tasks.shutdown().await;
-    tracing::info!("stopped");
+    tracing::info!("stopped leading: in-flight work finished");
     Ok(())
 }
 

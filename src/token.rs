@@ -521,12 +521,15 @@ pub async fn keep_fresh<S: TokenSource>(
     policy: RefreshPolicy,
     backoff: Backoff,
     publish: watch::Sender<BTreeMap<String, Token>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
     let mut attempt = 0u32;
     loop {
         match source.fetch().await {
             Ok(token) => {
                 attempt = 0;
+                metrics.aws_call(source.identity(), "ok");
+                metrics.token_fetched(source.identity(), token.expires_at);
                 let refresh_at = policy.refresh_at(&token, rand::random());
                 let wait = refresh_at
                     .duration_since(SystemTime::now())
@@ -544,6 +547,7 @@ pub async fn keep_fresh<S: TokenSource>(
                 tokio::time::sleep(wait).await;
             }
             Err(err) => {
+                metrics.aws_call(source.identity(), err.class.as_str());
                 let delay = backoff.delay(err.class, attempt, rand::random());
                 attempt = attempt.saturating_add(1);
                 let last_expires = publish
@@ -817,7 +821,8 @@ pub(crate) mod tests {
             fraction: 0.5,
             jitter: 0.0,
         };
-        let task = tokio::spawn(keep_fresh(source, policy, Backoff::default(), tx));
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let task = tokio::spawn(keep_fresh(source, policy, Backoff::default(), tx, metrics));
 
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow()["us-east-1"].password(), "one");

@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ecr_pull_secrets::backoff::{Exponential, Gate};
 use ecr_pull_secrets::events::Events;
+use ecr_pull_secrets::metrics::Metrics;
 use ecr_pull_secrets::reconcile::{
     Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter,
 };
@@ -85,6 +86,7 @@ fn context(world: World) -> (Context, ApiServer) {
         }),
         written: Mutex::new(HashMap::new()),
         events: Events::new(client, Some("test".into())),
+        metrics: Arc::new(Metrics::new()),
     };
     (ctx, handle)
 }

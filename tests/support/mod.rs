@@ -109,9 +109,18 @@ impl TestEnv {
         env: &[(&str, &str)],
     ) -> Controller {
         let log = self.dir.join(format!("controller-{name}.log"));
+        let lease = format!("lease-{}", name.to_ascii_lowercase());
+        let mut defaults: Vec<&str> = Vec::new();
+        if !args.contains(&"--lease-name") {
+            defaults.extend(["--lease-name", &lease]);
+        }
+        if !args.contains(&"--admin-address") {
+            defaults.extend(["--admin-address", "127.0.0.1:0"]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
             .args(["run"])
             .args(args)
+            .args(&defaults)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&log).unwrap())

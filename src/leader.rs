@@ -1,0 +1,358 @@
+//! Leader election on a coordination.k8s.io/v1 Lease, with fencing.
+//!
+//! Writes use optimistic concurrency (replace with the resourceVersion read; a 409 means someone
+//! else wrote). Expiry of another holder's lease is judged on our monotonic clock since we last
+//! saw the lease change, never by comparing wall clocks across machines. A leader that cannot
+//! renew within the renew deadline (shorter than the lease duration) steps down before anyone
+//! else may take over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// Election settings.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// What to do with the Lease as read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// No Lease yet: create it holding it.
+    Create(LeaseSpec),
+    /// Replace the Lease (renew ours, or take over a released or expired one).
+    Update(LeaseSpec),
+    /// Someone else holds a live lease.
+    Wait,
+}
+
+fn holder(spec: Option<&LeaseSpec>) -> Option<&str> {
+    spec.and_then(|s| s.holder_identity.as_deref())
+        .filter(|h| !h.is_empty())
+}
+
+/// The next step for `identity`, given the Lease as read and whether it has expired by our
+/// monotonic clock. Pure, so the protocol is tested with fixed timestamps.
+pub fn next_step(
+    current: Option<&LeaseSpec>,
+    identity: &str,
+    expired: bool,
+    now: Timestamp,
+    duration: Duration,
+) -> Step {
+    let held = |acquire: Option<MicroTime>, transitions: i32| LeaseSpec {
+        holder_identity: Some(identity.to_string()),
+        acquire_time: acquire.or(Some(MicroTime(now))),
+        renew_time: Some(MicroTime(now)),
+        lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    let Some(spec) = current else {
+        return Step::Create(held(None, 0));
+    };
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    match holder(Some(spec)) {
+        Some(h) if h == identity => Step::Update(held(spec.acquire_time.clone(), transitions)),
+        Some(_) if !expired => Step::Wait,
+        // Released (no holder) or expired: take it over.
+        _ => Step::Update(held(None, transitions + 1)),
+    }
+}
+
+/// The spec that hands the lease over at once: no holder, a 1 s duration.
+pub fn released(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: None,
+        renew_time: Some(MicroTime(now)),
+        lease_duration_seconds: Some(1),
+        ..current.clone()
+    }
+}
+
+/// What we last saw of someone else's lease, and when (monotonic).
+#[derive(Debug, Clone)]
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    resource_version: Option<String>,
+    at: Instant,
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<Observed>,
+}
+
+/// The result of one try.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold the lease (acquired or renewed).
+    Held,
+    /// Someone else does.
+    NotHeld,
+}
+
+impl Elector {
+    pub fn new(client: Client, config: LeaseConfig) -> Elector {
+        Elector {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// Reads the Lease and acquires or renews it if we may.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
+        let now = Instant::now();
+        let lease = self.api.get_opt(&self.config.name).await?;
+        let spec = lease.as_ref().and_then(|l| l.spec.as_ref());
+        let expired = self.expired(lease.as_ref(), now);
+        match next_step(
+            spec,
+            &self.config.identity,
+            expired,
+            Timestamp::now(),
+            self.config.lease_duration,
+        ) {
+            Step::Wait => Ok(Attempt::NotHeld),
+            Step::Create(spec) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.config.name.clone()),
+                        namespace: Some(self.config.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(Attempt::Held),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::Update(spec) => {
+                let mut lease = lease.expect("Update implies a Lease");
+                lease.spec = Some(spec);
+                // replace carries the resourceVersion read: a concurrent writer makes this a 409.
+                match self
+                    .api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => Ok(Attempt::Held),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Whether someone else's lease has gone unrenewed for its duration, by our clock.
+    fn expired(&mut self, lease: Option<&Lease>, now: Instant) -> bool {
+        let Some(lease) = lease else {
+            self.observed = None;
+            return false;
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let seen = Observed {
+            holder: spec.holder_identity.clone(),
+            renew_time: spec.renew_time.clone(),
+            resource_version: lease.resource_version(),
+            at: now,
+        };
+        let changed = match &self.observed {
+            Some(o) => {
+                o.holder != seen.holder
+                    || o.renew_time != seen.renew_time
+                    || o.resource_version != seen.resource_version
+            }
+            None => true,
+        };
+        if changed {
+            self.observed = Some(seen);
+            return false;
+        }
+        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+        self.observed
+            .as_ref()
+            .is_some_and(|o| now.duration_since(o.at) >= duration)
+    }
+
+    /// Hands the lease over (on graceful shutdown), if we still hold it.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_ref() else {
+            return Ok(());
+        };
+        if holder(Some(spec)) != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(released(spec, Timestamp::now()));
+        self.api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Runs the election until dropped, publishing leadership on `leading`. A leader that has not
+/// renewed for the renew deadline publishes `false` and stops: the caller drops the leader's
+/// work and exits.
+pub async fn run(
+    mut elector: Elector,
+    leading: watch::Sender<bool>,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let config = elector.config().clone();
+    let mut last_renew: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        // A leader's call may take no longer than what is left of its renew deadline.
+        let budget = match last_renew {
+            Some(at) => config
+                .renew_deadline
+                .saturating_sub(started.duration_since(at)),
+            None => config.renew_deadline,
+        };
+        let attempt = tokio::time::timeout(budget, elector.try_acquire_or_renew()).await;
+        let leader = *leading.borrow();
+        match attempt {
+            Ok(Ok(Attempt::Held)) => {
+                last_renew = Some(started);
+                if !leader {
+                    tracing::info!(
+                        identity = config.identity,
+                        lease = config.name,
+                        "acquired leadership"
+                    );
+                    metrics.leadership_acquired();
+                    leading.send_replace(true);
+                }
+            }
+            Ok(Ok(Attempt::NotHeld)) if leader => {
+                tracing::error!(
+                    identity = config.identity,
+                    "another replica took the lease; stepping down"
+                );
+                metrics.leadership_lost();
+                leading.send_replace(false);
+                return;
+            }
+            Ok(Ok(Attempt::NotHeld)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, lease = config.name, "lease request failed")
+            }
+            Err(_) => tracing::warn!(lease = config.name, "lease request timed out"),
+        }
+        if let Some(at) = last_renew
+            && *leading.borrow()
+            && Instant::now().duration_since(at) >= config.renew_deadline
+        {
+            tracing::error!(
+                identity = config.identity,
+                renew_deadline = ?config.renew_deadline,
+                "could not renew the lease within the renew deadline; stepping down"
+            );
+            metrics.leadership_lost();
+            leading.send_replace(false);
+            return;
+        }
+        tokio::time::sleep_until(started + config.retry_period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn spec(holder: Option<&str>, renewed: i64, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            acquire_time: Some(MicroTime(ts(0))),
+            renew_time: Some(MicroTime(ts(renewed))),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn protocol_table() {
+        let d = Duration::from_secs(15);
+        let now = ts(100);
+        // (lease as read, expired by our clock, expected holder after, transitions after) or Wait
+        type Case = (Option<LeaseSpec>, bool, Option<(&'static str, i32)>);
+        let cases: Vec<Case> = vec![
+            (None, false, Some(("me", 0))),
+            (Some(spec(Some("me"), 90, 3)), false, Some(("me", 3))),
+            (Some(spec(Some("me"), 90, 3)), true, Some(("me", 3))),
+            (Some(spec(Some("other"), 99, 3)), false, None),
+            (Some(spec(Some("other"), 10, 3)), true, Some(("me", 4))),
+            (Some(spec(None, 99, 3)), false, Some(("me", 4))),
+            (Some(spec(Some(""), 99, 3)), false, Some(("me", 4))),
+        ];
+        for (i, (current, expired, expected)) in cases.into_iter().enumerate() {
+            let step = next_step(current.as_ref(), "me", expired, now, d);
+            match (step, expected) {
+                (Step::Wait, None) => {}
+                (Step::Create(s) | Step::Update(s), Some((holder, transitions))) => {
+                    assert_eq!(s.holder_identity.as_deref(), Some(holder), "case {i}");
+                    assert_eq!(s.lease_transitions, Some(transitions), "case {i}");
+                    assert_eq!(s.renew_time, Some(MicroTime(now)), "case {i}");
+                    assert_eq!(s.lease_duration_seconds, Some(15), "case {i}");
+                }
+                (step, expected) => panic!("case {i}: {step:?} vs {expected:?}"),
+            }
+        }
+        // Renewing keeps the acquire time; taking over sets a new one.
+        let Step::Update(renewed) = next_step(Some(&spec(Some("me"), 90, 3)), "me", false, now, d)
+        else {
+            panic!()
+        };
+        assert_eq!(renewed.acquire_time, Some(MicroTime(ts(0))));
+        let Step::Update(taken) = next_step(Some(&spec(Some("other"), 10, 3)), "me", true, now, d)
+        else {
+            panic!()
+        };
+        assert_eq!(taken.acquire_time, Some(MicroTime(now)));
+    }
+
+    #[test]
+    fn release_hands_over_at_once() {
+        let r = released(&spec(Some("me"), 90, 3), ts(100));
+        assert_eq!(r.holder_identity, None);
+        assert_eq!(r.lease_duration_seconds, Some(1));
+        assert_eq!(r.lease_transitions, Some(3));
+        let step = next_step(Some(&r), "other", false, ts(101), Duration::from_secs(15));
+        assert!(
+            matches!(&step, Step::Update(s) if s.holder_identity.as_deref() == Some("other")),
+            "{step:?}"
+        );
+    }
+}
