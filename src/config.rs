@@ -218,6 +218,11 @@ pub struct RunArgs {
     #[arg(long, env = "ECR_PULL_SECRETS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub renew_deadline: Duration,
 
+    /// After SIGTERM, keep serving (with /readyz failing) this long before exiting, so probes
+    /// and scrapers see the replica leave. Leadership is handed over before this wait.
+    #[arg(long, env = "ECR_PULL_SECRETS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// How often the lease is renewed or tried (< --renew-deadline).
     #[arg(long, env = "ECR_PULL_SECRETS_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,

@@ -77,6 +77,9 @@ pub struct Context {
     pub written: Mutex<HashMap<String, String>>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// True once the Secret (and ServiceAccount) caches have their first full list. A watch
+    /// channel, because `Store::wait_until_ready` wakes only one of several waiters.
+    pub caches_ready: watch::Receiver<bool>,
 }
 
 /// The outcome of one reconcile, for logs and tests.
@@ -279,6 +282,7 @@ impl Context {
                 secrets.patch(&self.secret_name, &params, &Patch::Apply(&secret)),
             )
             .await?;
+        self.metrics.write("apply");
         if let Some(rv) = written.resource_version() {
             self.written
                 .lock()
@@ -322,11 +326,14 @@ impl Context {
                 )
                 .await
             {
-                Ok(_) => tracing::info!(
-                    namespace,
-                    secret = self.secret_name,
-                    "namespace left the selection; removed pull secret"
-                ),
+                Ok(_) => {
+                    self.metrics.write("delete");
+                    tracing::info!(
+                        namespace,
+                        secret = self.secret_name,
+                        "namespace left the selection; removed pull secret"
+                    )
+                }
                 Err(Error::Kube {
                     source: kube::Error::Api(status),
                     ..
@@ -370,7 +377,7 @@ impl Context {
                 continue;
             }
             self.limiter.acquire().await;
-            service_account::set_entry(
+            let wrote = service_account::set_entry(
                 &self.client,
                 (*sa).clone(),
                 &self.secret_name,
@@ -378,6 +385,9 @@ impl Context {
                 self.api_timeout,
             )
             .await?;
+            if wrote {
+                self.metrics.write("service_account");
+            }
         }
         Ok(())
     }
@@ -403,19 +413,11 @@ impl Context {
     }
 
     async fn caches_ready(&self) -> bool {
-        let secrets = self.secrets.wait_until_ready();
-        let secrets_ok = matches!(
-            tokio::time::timeout(self.api_timeout, secrets).await,
-            Ok(Ok(()))
-        );
-        let accounts_ok = match &self.service_accounts {
-            Some((_, store)) => matches!(
-                tokio::time::timeout(self.api_timeout, store.wait_until_ready()).await,
-                Ok(Ok(()))
-            ),
-            None => true,
-        };
-        secrets_ok && accounts_ok
+        let mut ready = self.caches_ready.clone();
+        matches!(
+            tokio::time::timeout(self.api_timeout, ready.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// A periodic re-check as a safety net (it costs nothing when in sync): half the time to the

@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         }
         _ = stopping.wait_for(|s| *s) => {
             tracing::info!("stopped while following");
+            tokio::time::sleep(args.shutdown_delay).await;
             return Ok(());
         }
     }
@@ -136,6 +137,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
             Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
         }
+    }
+    if result.is_ok() {
+        tokio::time::sleep(args.shutdown_delay).await;
     }
     drop((admin, signals));
     result
@@ -173,6 +177,7 @@ async fn lead(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    let stop_for_drain = stop.clone();
     let mut tasks = JoinSet::new();
     let sdk_config = aws_config(&client, args, &mut tasks).await?;
     let regions = args.regions();
@@ -244,6 +249,23 @@ async fn lead(
         None => (None, futures::stream::pending().boxed()),
     };
 
+    // One waiter per store; reconciles wait on the channel.
+    let (ready_tx, caches_ready) = watch::channel(false);
+    tasks.spawn({
+        let secrets = secret_store.clone();
+        let accounts = account_store.clone();
+        async move {
+            if secrets.wait_until_ready().await.is_err() {
+                return;
+            }
+            if let Some(accounts) = accounts
+                && accounts.wait_until_ready().await.is_err()
+            {
+                return;
+            }
+            ready_tx.send_replace(true);
+        }
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         secret_name: args.secret_name.clone(),
@@ -261,6 +283,7 @@ async fn lead(
         written: Mutex::new(HashMap::new()),
         events: Events::new(client.clone(), args.identity.clone()),
         metrics,
+        caches_ready,
     });
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
@@ -285,9 +308,18 @@ async fn lead(
                 tracing::debug!(error = %error, "controller event");
             }
         });
-    controller.await;
+    // Drain in-flight writes on shutdown, but never for longer than one API deadline (the
+    // controller's graceful shutdown can stall if it comes before its first list).
+    let mut deadline = stop_for_drain;
+    let drain_limit = args.api_timeout + Duration::from_secs(1);
+    tokio::select! {
+        _ = controller => tracing::info!("stopped leading: in-flight work finished"),
+        _ = async {
+            let _ = deadline.wait_for(|s| *s).await;
+            tokio::time::sleep(drain_limit).await;
+        } => tracing::warn!("stopped leading: in-flight work did not finish within {drain_limit:?}"),
+    }
     tasks.shutdown().await;
-    tracing::info!("stopped leading: in-flight work finished");
     Ok(())
 }
 

@@ -87,6 +87,7 @@ fn context(world: World) -> (Context, ApiServer) {
         written: Mutex::new(HashMap::new()),
         events: Events::new(client, Some("test".into())),
         metrics: Arc::new(Metrics::new()),
+        caches_ready: watch::channel(true).1,
     };
     (ctx, handle)
 }
