@@ -21,10 +21,12 @@ eval "$exports"
 controller_pid=
 cleanup() {
   trap - EXIT INT TERM
-  if [[ -n $controller_pid ]] && kill -0 "$controller_pid" 2>/dev/null; then
-    say "stopping the controller (SIGTERM)"
-    kill -TERM "$controller_pid"
-    wait "$controller_pid" && echo "controller exited 0" || echo "controller exited $?"
+  if [[ -n $controller_pid ]]; then
+    say "stopping the controllers (SIGTERM)"
+    for pid in $controller_pid; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $controller_pid; do
+      wait "$pid" && echo "pid $pid exited 0" || echo "pid $pid exited $?"
+    done
   fi
   tests/testenv.sh down "$TESTENV_DIR"
 }
@@ -36,22 +38,40 @@ printf '{"ttl_seconds": %d}\n' "$DEMO_TTL" >"$ECR_EMULATOR_CONTROL"
 for ns in team-a team-b team-c skipped; do kubectl create namespace "$ns" >/dev/null; done
 echo "namespaces: team-a team-b team-c skipped (excluded)"
 
-say "starting the controller"
-log=$TESTENV_DIR/controller.log
-"${CARGO_TARGET_DIR:-target}/debug/ecr-pull-secrets" run --exclude-namespaces skipped,kube-node-lease >"$log" 2>&1 &
-controller_pid=$!
-echo "pid $controller_pid, log $log"
+say "starting two controller replicas (they elect a leader through a Lease)"
+bin="${CARGO_TARGET_DIR:-target}/debug/ecr-pull-secrets"
+pids=()
+for r in 1 2; do
+  log=$TESTENV_DIR/controller-$r.log
+  "$bin" run --identity "replica-$r" --admin-address 127.0.0.1:0 \
+    --exclude-namespaces skipped,kube-node-lease >"$log" 2>&1 &
+  pids+=($!)
+  echo "replica-$r: pid $!, log $log"
+done
+controller_pid="${pids[*]}"
 
 show() {
   kubectl get secrets -A -l app.kubernetes.io/managed-by=ecr-pull-secrets \
     -o custom-columns='NAMESPACE:.metadata.namespace,SECRET:.metadata.name,REGISTRIES:.metadata.annotations.ecr-pull-secrets\.io/registries,EXPIRES:.metadata.annotations.ecr-pull-secrets\.io/expires-at,TYPE:.type'
   echo "AWS GetAuthorizationToken calls so far: $(cat "$ECR_EMULATOR_CALLS")"
+  echo "leader: $(kubectl get lease ecr-pull-secrets -n default -o jsonpath='{.spec.holderIdentity}')"
+}
+
+alive() {
+  local pid
+  for pid in $controller_pid; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$TESTENV_DIR"/controller-*.log >&2
+      echo "a controller died" >&2
+      return 1
+    fi
+  done
 }
 
 deadline=$((SECONDS + 60))
 until kubectl get secret ecr-pull-secret -n team-c >/dev/null 2>&1; do
-  kill -0 "$controller_pid" 2>/dev/null || { cat "$log"; echo "controller died" >&2; exit 1; }
-  ((SECONDS < deadline)) || { cat "$log"; echo "no secret after 60 s" >&2; exit 1; }
+  alive || exit 1
+  ((SECONDS < deadline)) || { tail -n 20 "$TESTENV_DIR"/controller-*.log; echo "no secret after 60 s" >&2; exit 1; }
   sleep 0.2
 done
 say "secrets written"
@@ -73,7 +93,7 @@ echo "namespace 'skipped' is excluded and has no secret"
 say "watching (tokens live ${DEMO_TTL}s and are refreshed about half-way); Ctrl-C to stop"
 end=$((SECONDS + ${DEMO_DURATION:-31536000}))
 while ((SECONDS < end)); do
-  kill -0 "$controller_pid" 2>/dev/null || { cat "$log"; echo "controller died" >&2; exit 1; }
+  alive || exit 1
   sleep "$((end - SECONDS < 15 ? (end - SECONDS > 0 ? end - SECONDS : 1) : 15))"
   echo
   date -u +%H:%M:%S
