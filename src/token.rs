@@ -373,6 +373,12 @@ fn sdk_settings(region: &str) -> (aws_config::Region, RetryConfig, TimeoutConfig
     )
 }
 
+/// Both ECR APIs give the expiry as an optional SDK timestamp.
+fn expiry(t: Option<&aws_smithy_types::DateTime>) -> Result<SystemTime, InvalidToken> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .ok_or(InvalidToken::NoExpiry)
+}
+
 /// GetAuthorizationToken against one region of private ECR.
 pub struct EcrTokenSource {
     client: aws_sdk_ecr::Client,
@@ -413,11 +419,7 @@ impl TokenSource for EcrTokenSource {
             .first()
             .ok_or(InvalidToken::Missing)
             .map_err(invalid)?;
-        let expires_at = data
-            .expires_at()
-            .and_then(|t| SystemTime::try_from(*t).ok())
-            .ok_or(InvalidToken::NoExpiry)
-            .map_err(invalid)?;
+        let expires_at = expiry(data.expires_at()).map_err(invalid)?;
         Token::private(
             &self.region,
             data.authorization_token().unwrap_or_default(),
@@ -466,11 +468,7 @@ impl TokenSource for EcrPublicTokenSource {
             .authorization_data()
             .ok_or(InvalidToken::Missing)
             .map_err(invalid)?;
-        let expires_at = data
-            .expires_at()
-            .and_then(|t| SystemTime::try_from(*t).ok())
-            .ok_or(InvalidToken::NoExpiry)
-            .map_err(invalid)?;
+        let expires_at = expiry(data.expires_at()).map_err(invalid)?;
         Token::public(
             data.authorization_token().unwrap_or_default(),
             fetched_at,
