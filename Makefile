@@ -4,14 +4,14 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-emulator test-e2e test-demo testenv build audit
+.PHONY: demo test lint test-unit test-emulator test-testenv test-e2e test-demo testenv build audit
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
 	tests/demo.sh
 
 ## test: every tier: lint, unit + component, emulator, end to end, demo smoke run.
-test: lint test-unit test-emulator test-e2e test-demo
+test: lint test-unit test-emulator test-testenv test-e2e test-demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,6 +27,10 @@ testenv:
 ## the emulator's own tests, in the venv testenv builds.
 test-emulator: testenv
 	"$$($(TESTENV) venv)/bin/python" -m pytest -q -p no:cacheprovider tests/ecr-emulator
+
+## the test environment itself: up, /readyz, RBAC refusing a stranger, down leaving nothing.
+test-testenv: testenv
+	tests/testenv-selftest.sh
 
 ## end to end: the real binary against kube-apiserver + etcd + the ECR emulator. Serial:
 ## the tests share one emulator and its call counter.

@@ -1,5 +1,7 @@
 //! Prometheus metrics (OpenMetrics text), served on `/metrics` by every replica.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -27,8 +29,17 @@ pub struct WriteLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `synced`, `failed`, `excluded`, `conflict` or `pending` (no token yet).
+    pub state: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    namespaces: Family<StateLabels, Gauge>,
+    /// Each namespace's last state, so the per-state gauges stay exact (no per-namespace series).
+    states: Mutex<HashMap<String, &'static str>>,
     leader: Gauge,
     leadership_transitions: Counter,
     token_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
@@ -69,10 +80,18 @@ impl Metrics {
             "GetAuthorizationToken calls by identity and outcome",
             aws_calls.clone(),
         );
+        let namespaces = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "namespaces",
+            "Namespaces by the state of their pull secret: synced, failed, excluded, conflict (a foreign Secret has our name), pending (no token yet)",
+            namespaces.clone(),
+        );
         let writes = Family::<WriteLabels, Counter>::default();
         registry.register("writes", "Kubernetes writes made, by kind", writes.clone());
         Metrics {
             registry,
+            namespaces,
+            states: Mutex::new(HashMap::new()),
             leader,
             leadership_transitions,
             token_expiry,
@@ -120,6 +139,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Records namespace `name`'s state; `None` forgets it (deleted or terminating).
+    pub fn namespace_state(&self, name: &str, state: Option<&'static str>) {
+        let mut states = self.states.lock().expect("states lock");
+        let previous = match state {
+            Some(state) => states.insert(name.to_string(), state),
+            None => states.remove(name),
+        };
+        if previous == state {
+            return;
+        }
+        let gauge = |s: &str| {
+            self.namespaces
+                .get_or_create(&StateLabels {
+                    state: s.to_string(),
+                })
+                .clone()
+        };
+        if let Some(previous) = previous {
+            gauge(previous).dec();
+        }
+        if let Some(state) = state {
+            gauge(state).inc();
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -154,5 +198,24 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn namespace_states_move_between_gauges() {
+        let m = Metrics::new();
+        m.namespace_state("a", Some("synced"));
+        m.namespace_state("b", Some("synced"));
+        m.namespace_state("c", Some("conflict"));
+        m.namespace_state("b", Some("failed"));
+        m.namespace_state("b", Some("failed"));
+        m.namespace_state("c", None);
+        let text = m.encode();
+        for line in [
+            "ecr_pull_secrets_namespaces{state=\"synced\"} 1",
+            "ecr_pull_secrets_namespaces{state=\"failed\"} 1",
+            "ecr_pull_secrets_namespaces{state=\"conflict\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -448,14 +448,23 @@ pub async fn reconcile(
     if !ctx.caches_ready().await {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    let namespace = ns.name_any();
     match ctx.reconcile_namespace(&ns).await {
-        Ok(_) => {
+        Ok(outcome) => {
+            let state = match outcome {
+                _ if ns.metadata.deletion_timestamp.is_some() => None,
+                Outcome::Written | Outcome::UpToDate => Some("synced"),
+                Outcome::NotSelected | Outcome::Removed => Some("excluded"),
+                Outcome::Conflict => Some("conflict"),
+                Outcome::NoTokenYet => Some("pending"),
+            };
+            ctx.metrics.namespace_state(&namespace, state);
             ctx.gate.succeeded(&key);
             Ok(ctx.safety_requeue())
         }
         Err(error) => {
             let delay = ctx.gate.failed(&key, now, rand::random());
-            let namespace = ns.name_any();
+            ctx.metrics.namespace_state(&namespace, Some("failed"));
             tracing::warn!(
                 namespace,
                 error = %error,

@@ -214,7 +214,7 @@ async fn a_foreign_secret_stays_byte_identical_and_an_event_explains_why() {
         ..Secret::default()
     };
     let foreign = api.create(&PostParams::default(), &foreign).await.unwrap();
-    let _controller = env.controller(
+    let controller = env.controller(
         &p,
         &[
             "--secret-name",
@@ -255,6 +255,19 @@ async fn a_foreign_secret_stays_byte_identical_and_an_event_explains_why() {
     );
     assert_eq!(now.data, foreign.data);
     assert_eq!(now.type_, foreign.type_);
+    // ... and the metric counts the conflict.
+    let admin = controller.admin_address().await;
+    let (_, metrics) = http_get(&admin, "/metrics").await.expect("metrics");
+    assert_eq!(
+        sample(&metrics, "ecr_pull_secrets_namespaces{state=\"conflict\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ecr_pull_secrets_namespaces{state=\"synced\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     delete_namespaces(&client, &[mine, theirs]).await;
 }
 

@@ -12,32 +12,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::Api;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-
-/// A plain HTTP/1.1 GET: (status, body), or None if nothing answers.
-async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address))
-        .await
-        .ok()?
-        .ok()?;
-    // HTTP/1.0: the body arrives unchunked and the server closes the connection.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
 
 /// A replica: the process and its admin address (read from its log).
 struct Replica {

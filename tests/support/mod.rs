@@ -134,6 +134,43 @@ impl TestEnv {
     }
 }
 
+/// A plain HTTP GET: (status, body), or None if nothing answers in time.
+pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of one sample line of a metrics exposition (`name` includes any labels).
+pub fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -150,6 +187,26 @@ pub struct Controller {
 impl Controller {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin listener's address, from the start-up log line.
+    pub async fn admin_address(&self) -> String {
+        eventually(
+            "the admin address in the log",
+            Duration::from_secs(20),
+            || async {
+                let log = self.log_text();
+                let line = log.lines().find(|l| l.contains("admin server listening"))?;
+                Some(
+                    line.split("address=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            },
+        )
+        .await
     }
 
     /// Sends SIGTERM and waits for the exit code.
