@@ -55,6 +55,17 @@ impl WriteLimiter {
     }
 }
 
+/// Our last write to a namespace: a different resourceVersion in the cache means someone else
+/// wrote; a write the cache has not shown yet is not repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub resource_version: String,
+    pub fingerprint: String,
+}
+
+/// Shared with the Secret watch, which forgets a namespace's entry when its Secret is deleted.
+pub type WrittenLog = Arc<Mutex<HashMap<String, Written>>>;
+
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
@@ -72,9 +83,8 @@ pub struct Context {
     pub limiter: WriteLimiter,
     /// Per-namespace backoff, keyed by namespace UID.
     pub gate: Gate<String>,
-    /// resourceVersion our last write returned, per namespace: a different one in the cache
-    /// means someone else wrote.
-    pub written: Mutex<HashMap<String, String>>,
+    /// What our last write to each namespace returned.
+    pub written: WrittenLog,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     /// True once the Secret (and ServiceAccount) caches have their first full list. A watch
@@ -213,6 +223,9 @@ impl Context {
             {
                 Outcome::UpToDate
             }
+            None if self.written_but_not_cached(namespace, &rendered.fingerprint) => {
+                Outcome::UpToDate
+            }
             _ => {
                 self.apply(namespace, &rendered).await?;
                 Outcome::Written
@@ -237,7 +250,12 @@ impl Context {
             );
             return Ok(true);
         }
-        let last = self.written.lock().expect("lock").get(namespace).cloned();
+        let last = self
+            .written
+            .lock()
+            .expect("lock")
+            .get(namespace)
+            .map(|w| w.resource_version.clone());
         let current = cached.resource_version();
         match last {
             Some(last) if Some(&last) != current.as_ref() => {
@@ -253,10 +271,7 @@ impl Context {
                 let intact = data.is_some_and(|d| fingerprint(&d.0) == rendered.fingerprint);
                 if intact {
                     if let Some(rv) = full.resource_version() {
-                        self.written
-                            .lock()
-                            .expect("lock")
-                            .insert(namespace.to_string(), rv);
+                        self.remember(namespace, rv, &rendered.fingerprint);
                     }
                 } else {
                     tracing::info!(
@@ -268,6 +283,25 @@ impl Context {
             }
             _ => Ok(false),
         }
+    }
+
+    fn remember(&self, namespace: &str, resource_version: String, fingerprint: &str) {
+        self.written.lock().expect("lock").insert(
+            namespace.to_string(),
+            Written {
+                resource_version,
+                fingerprint: fingerprint.to_string(),
+            },
+        );
+    }
+
+    /// We wrote this config and the cache has not caught up yet (a deletion clears the entry).
+    fn written_but_not_cached(&self, namespace: &str, fingerprint: &str) -> bool {
+        self.written
+            .lock()
+            .expect("lock")
+            .get(namespace)
+            .is_some_and(|w| w.fingerprint == fingerprint)
     }
 
     async fn apply(&self, namespace: &str, rendered: &Rendered) -> Result<(), Error> {
@@ -284,10 +318,7 @@ impl Context {
             .await?;
         self.metrics.write("apply");
         if let Some(rv) = written.resource_version() {
-            self.written
-                .lock()
-                .expect("lock")
-                .insert(namespace.to_string(), rv);
+            self.remember(namespace, rv, &rendered.fingerprint);
         }
         tracing::info!(
             namespace,

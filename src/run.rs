@@ -1,8 +1,8 @@
 //! `ecr-pull-secrets run`: wires credentials, token refresh, rendering and the namespace
 //! controller together, and shuts down cleanly on SIGTERM or Ctrl-C.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -26,7 +26,7 @@ use crate::credentials::{self, SecretCredentials};
 use crate::events::Events;
 use crate::leader::{self, Elector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, WriteLimiter};
+use crate::reconcile::{self, Context, WriteLimiter, WrittenLog};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
 use crate::selection::Selection;
@@ -137,8 +137,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
             Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
         }
-    }
-    if result.is_ok() {
         tokio::time::sleep(args.shutdown_delay).await;
     }
     drop((admin, signals));
@@ -228,9 +226,19 @@ async fn lead(
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", args.secret_name));
     let (secret_store, secret_writer) = reflector::store();
+    let written: WrittenLog = Arc::default();
+    let forget = written.clone();
     let secret_events = watcher(secrets, secret_watch)
         .default_backoff()
         .reflect(secret_writer)
+        .inspect_ok(move |event| {
+            // A deleted Secret must be rewritten, not taken for "written, cache lagging".
+            if let watcher::Event::Delete(secret) = event
+                && let Some(namespace) = secret.namespace()
+            {
+                forget.lock().expect("lock").remove(&namespace);
+            }
+        })
         .touched_objects();
 
     let (account_store, account_events) = match &args.service_accounts {
@@ -280,7 +288,7 @@ async fn lead(
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
         }),
-        written: Mutex::new(HashMap::new()),
+        written,
         events: Events::new(client.clone(), args.identity.clone()),
         metrics,
         caches_ready,

@@ -84,7 +84,7 @@ fn context(world: World) -> (Context, ApiServer) {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
         }),
-        written: Mutex::new(HashMap::new()),
+        written: Arc::new(Mutex::new(HashMap::new())),
         events: Events::new(client, Some("test".into())),
         metrics: Arc::new(Metrics::new()),
         caches_ready: watch::channel(true).1,
@@ -198,7 +198,12 @@ async fn creates_the_secret_by_server_side_apply_without_reading_first() {
         .decode(body["data"][".dockerconfigjson"].as_str().unwrap())
         .unwrap();
     assert_eq!(config, desired.config);
-    assert_eq!(ctx.written.lock().unwrap()["team-a"], "8");
+    assert_eq!(ctx.written.lock().unwrap()["team-a"].resource_version, "8");
+    // A second trigger before the cache shows our write does not write again.
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::UpToDate
+    );
     assert_no_more_requests(ctx, server).await;
 }
 

@@ -161,10 +161,10 @@ async fn one_leader_idle_followers_and_probes() {
     for r in &replicas {
         let writes = r.writes().await;
         if r.identity == leaders[0] {
-            // One apply per namespace; a trigger racing the cache may add a no-op re-apply.
-            assert!(
-                (5.0..=10.0).contains(&writes),
-                "the leader wrote the namespaces: {:?}",
+            assert_eq!(
+                writes,
+                5.0,
+                "the leader wrote each namespace once: {:?}",
                 http_get(&r.admin, "/metrics").await
             );
         } else {
@@ -297,17 +297,27 @@ impl Proxy {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let (mut inbound, _) = match accepted {
+                            Ok(connection) => connection,
+                            Err(e) => {
+                                eprintln!("proxy: accept failed: {e}");
+                                continue;
+                            }
+                        };
                         let upstream = upstream.clone();
                         connections.spawn(async move {
-                            if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            match TcpStream::connect(&upstream).await {
+                                Ok(mut outbound) => {
+                                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                                }
+                                Err(e) => eprintln!("proxy: upstream {upstream}: {e}"),
                             }
                         });
                     }
                     _ = stop.notified() => break,
                 }
             }
+            eprintln!("proxy: cut");
             connections.abort_all();
         });
         Proxy { address, cut }
@@ -347,9 +357,13 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_exits_and_another_le
     let secret = format!("pull-{p}");
     let lease = format!("lease-{p}");
     let (_, upstream) = kubeconfig_via("127.0.0.1:1", &env.dir);
-    let proxy = Proxy::start(upstream).await;
+    // One proxy per cut-off replica.
+    let proxy = Proxy::start(upstream.clone()).await;
     let (via_proxy, _) = kubeconfig_via(&proxy.address, &env.dir);
     let via_proxy = via_proxy.to_str().unwrap().to_string();
+    let isolating_proxy = Proxy::start(upstream).await;
+    let (via_isolating, _) = kubeconfig_via(&isolating_proxy.address, &env.dir);
+    let via_isolating = via_isolating.to_str().unwrap().to_string();
     let common = [
         "--secret-name",
         &secret,
@@ -382,22 +396,56 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_exits_and_another_le
     })
     .await;
     // A follower also cut off from the API server, and with AWS unreachable: still live.
-    let isolated = Replica::start(
-        &env,
-        &format!("{p}-iso"),
-        &common,
-        &[
-            ("KUBECONFIG", &via_proxy),
-            ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:1"),
-        ],
-    )
-    .await;
+    // Its start-up through the proxy occasionally fails to connect on this machine (seen
+    // 2 in ~10 runs, not understood yet); the start is set-up here, not the property under
+    // test, so it is retried. The property, liveness while cut off, is asserted below.
+    let mut isolated = None;
+    for attempt in 0..3 {
+        let mut replica = Replica::start(
+            &env,
+            &format!("{p}-iso{attempt}"),
+            &common,
+            &[
+                ("KUBECONFIG", &via_isolating),
+                ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:1"),
+            ],
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let started = loop {
+            if replica
+                .process
+                .log_text()
+                .contains("contending for leadership")
+            {
+                break true;
+            }
+            if replica.process.wait_exit(Duration::ZERO).is_some() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the isolated replica neither started nor exited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if started {
+            isolated = Some(replica);
+            break;
+        }
+        eprintln!(
+            "isolated replica failed to start (attempt {attempt}):\n{}",
+            replica.process.log_text()
+        );
+    }
+    let isolated = isolated.expect("the isolated replica started within 3 attempts");
     let others = [
         Replica::start(&env, &format!("{p}-b"), &common, &[]).await,
         Replica::start(&env, &format!("{p}-c"), &common, &[]).await,
     ];
 
     proxy.cut();
+    isolating_proxy.cut();
     let cut_at = SystemTime::now();
     let started = Instant::now();
     let code = tokio::task::spawn_blocking(move || {

@@ -233,14 +233,16 @@ impl Controller {
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
         let until = Instant::now() + deadline;
-        while Instant::now() < until {
+        loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
                 return status.code();
             }
+            if Instant::now() >= until {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 }
 
