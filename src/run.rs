@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PartialObjectMeta};
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config as KubeConfig};
@@ -312,8 +312,13 @@ async fn lead(
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(error = %error, "controller event");
+            match result {
+                // A namespace deleted before its turn: nothing to do.
+                Err(ControllerError::ObjectNotFound(_)) | Ok(_) => {}
+                // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
+                Err(error) => {
+                    tracing::warn!(error = %error, "controller watch or queue error; retrying")
+                }
             }
         });
     // Drain in-flight writes on shutdown, but never for longer than one API deadline (the
