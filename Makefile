@@ -4,14 +4,14 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-emulator test-testenv test-e2e test-demo testenv build audit
+.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
 	tests/demo.sh
 
 ## test: every tier: lint, unit + component, emulator, end to end, demo smoke run.
-test: lint test-unit test-emulator test-testenv test-e2e test-demo
+test: lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -20,6 +20,11 @@ lint:
 ## unit tests (src/) and component tests (kube through a scripted API server).
 test-unit:
 	$(CARGO) test --locked --lib --bins --test component
+
+## alert rules: syntax, and a firing and a quiet case per alert (promtool from Debian's prometheus).
+test-alerts:
+	promtool check rules deploy/alerts/ecr-pull-secrets.rules.yaml
+	promtool test rules tests/alerts/ecr-pull-secrets.test.yaml
 
 testenv:
 	$(TESTENV) build

@@ -11,6 +11,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl ca-certificates)
 command -v flock >/dev/null || missing+=(util-linux)
 command -v ps >/dev/null || missing+=(procps)
+command -v promtool >/dev/null || missing+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]} > 0)); then
