@@ -27,22 +27,7 @@ impl Replica {
         let mut all = vec!["--identity", identity];
         all.extend_from_slice(args);
         let process = env.controller_with_env(identity, &all, vars);
-        let admin = eventually(
-            "the admin address in the log",
-            Duration::from_secs(20),
-            || async {
-                let log = process.log_text();
-                let line = log.lines().find(|l| l.contains("admin server listening"))?;
-                Some(
-                    line.split("address=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .to_string(),
-                )
-            },
-        )
-        .await;
+        let admin = process.admin_address().await;
         Replica {
             identity: identity.to_string(),
             process,
@@ -174,10 +159,13 @@ async fn one_leader_idle_followers_and_probes() {
     delete_namespaces(&client, &namespaces).await;
 }
 
-/// Failover after SIGKILL: seconds until a new leader has written a namespace created right
-/// after the kill.
-async fn sigkill_failover(env: &TestEnv, client: &Client) -> f64 {
-    let p = unique("kill");
+/// Three replicas serving one namespace: (prefix, secret, lease, the leader, the followers).
+async fn led_cluster(
+    env: &TestEnv,
+    client: &Client,
+    prefix: &str,
+) -> (String, String, String, Replica, Vec<Replica>) {
+    let p = unique(prefix);
     create_namespace(client, &format!("{p}-0")).await;
     let secret = format!("pull-{p}");
     let lease = format!("lease-{p}");
@@ -188,7 +176,15 @@ async fn sigkill_failover(env: &TestEnv, client: &Client) -> f64 {
     .await;
     let leader = holder(client, &lease).await.unwrap();
     let index = replicas.iter().position(|r| r.identity == leader).unwrap();
-    let killed = replicas.remove(index);
+    let leader = replicas.remove(index);
+    (p, secret, lease, leader, replicas)
+}
+
+/// Failover after SIGKILL: seconds until a new leader has written a namespace created right
+/// after the kill.
+async fn sigkill_failover(env: &TestEnv, client: &Client) -> f64 {
+    let (p, secret, lease, killed, _followers) = led_cluster(env, client, "kill").await;
+    let leader = killed.identity.clone();
     drop(killed); // SIGKILL
     let started = Instant::now();
     let late = format!("{p}-late");
@@ -206,19 +202,9 @@ async fn sigkill_failover(env: &TestEnv, client: &Client) -> f64 {
 
 /// Handover after SIGTERM: seconds until another replica holds the lease; the old leader exits 0.
 async fn sigterm_handover(env: &TestEnv, client: &Client) -> f64 {
-    let p = unique("term");
-    create_namespace(client, &format!("{p}-0")).await;
-    let secret = format!("pull-{p}");
-    let lease = format!("lease-{p}");
-    let mut replicas = start_replicas(env, &p, &secret, &lease, 3).await;
-    eventually("synced", Duration::from_secs(30), || async {
-        get_secret(client, &format!("{p}-0"), &secret).await
-    })
-    .await;
-    let leader = holder(client, &lease).await.unwrap();
-    let index = replicas.iter().position(|r| r.identity == leader).unwrap();
+    let (p, secret, lease, mut old, _followers) = led_cluster(env, client, "term").await;
+    let leader = old.identity.clone();
     let started = Instant::now();
-    let mut old = replicas.remove(index);
     let exit = tokio::task::spawn_blocking(move || old.process.terminate(Duration::from_secs(10)));
     eventually(
         "another replica holding the lease",
