@@ -477,7 +477,10 @@ pub async fn put_credentials(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSecret {
     pub hosts: Vec<String>,
+    /// The first host's password.
     pub password: String,
+    /// Every host's password.
+    pub passwords: BTreeMap<String, String>,
     pub expires_at: SystemTime,
     pub resource_version: String,
 }
@@ -493,7 +496,7 @@ pub fn decode(secret: &Secret) -> PullSecret {
         serde_json::from_slice(&data[".dockerconfigjson"].0).expect("config is JSON");
     let auths = config["auths"].as_object().expect("auths object");
     assert!(!auths.is_empty(), "auths is empty");
-    let mut passwords = Vec::new();
+    let mut passwords = BTreeMap::new();
     for (host, entry) in auths {
         assert!(!host.contains("://"), "host {host} has a scheme");
         assert_eq!(entry["username"], "AWS");
@@ -501,12 +504,13 @@ pub fn decode(secret: &Secret) -> PullSecret {
         assert!(!password.is_empty());
         let auth = STANDARD.decode(entry["auth"].as_str().unwrap()).unwrap();
         assert_eq!(auth, format!("AWS:{password}").into_bytes());
-        passwords.push(password);
+        passwords.insert(host.clone(), password);
     }
     let expires = secret.annotations()["ecr-pull-secrets.io/expires-at"].clone();
     PullSecret {
         hosts: auths.keys().cloned().collect(),
-        password: passwords[0].clone(),
+        password: passwords.values().next().unwrap().clone(),
+        passwords,
         expires_at: humantime::parse_rfc3339(&expires).expect("expires-at annotation"),
         resource_version: secret.resource_version().unwrap_or_default(),
     }
