@@ -202,18 +202,8 @@ async fn a_foreign_secret_stays_byte_identical_and_an_event_explains_why() {
     create_namespace(&client, &theirs).await;
     let secret_name = format!("pull-{p}");
     let api: Api<Secret> = Api::namespaced(client.clone(), &theirs);
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "token".to_string(),
-            ByteString(b"theirs".to_vec()),
-        )])),
-        ..Secret::default()
-    };
-    let foreign = api.create(&PostParams::default(), &foreign).await.unwrap();
+    let data = BTreeMap::from([("token".to_string(), ByteString(b"theirs".to_vec()))]);
+    let foreign = create_foreign_secret(&client, &theirs, &secret_name, data).await;
     let controller = env.controller(
         &p,
         &[
@@ -587,17 +577,7 @@ async fn cleanup_removes_managed_secrets_and_entries_only() {
     create_service_account(&client, &a, "default", &["keep"]).await;
     let secret_name = format!("pull-{p}");
     // A foreign Secret with our name in b.
-    let foreign = Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), &b)
-        .create(&PostParams::default(), &foreign)
-        .await
-        .unwrap();
+    create_foreign_secret(&client, &b, &secret_name, BTreeMap::new()).await;
     let mut controller = env.controller(
         &p,
         &[

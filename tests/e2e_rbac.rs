@@ -124,14 +124,7 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     accounts.create(&PostParams::default(), &sa).await.unwrap();
     // Another Secret the controller must never be able to touch.
     let others: Api<Secret> = Api::namespaced(admin.clone(), &a);
-    let other = Secret {
-        metadata: ObjectMeta {
-            name: Some("not-ours".into()),
-            ..ObjectMeta::default()
-        },
-        ..Secret::default()
-    };
-    others.create(&PostParams::default(), &other).await.unwrap();
+    create_foreign_secret(&admin, &a, "not-ours", Default::default()).await;
 
     let kubeconfig = service_account_kubeconfig(&env.dir);
     let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();

@@ -473,6 +473,27 @@ pub async fn put_credentials(
         .expect("apply credentials Secret");
 }
 
+/// Creates an Opaque Secret `name` that is not ours (no managed label), with `data`.
+pub async fn create_foreign_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+) -> Secret {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..Secret::default()
+    };
+    api.create(&PostParams::default(), &secret)
+        .await
+        .expect("create a foreign Secret")
+}
+
 /// What a pull secret holds, decoded and checked for shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSecret {
