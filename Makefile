@@ -19,7 +19,7 @@ lint:
 
 ## unit tests (src/) and component tests (kube through a scripted API server).
 test-unit:
-	$(CARGO) test --locked --lib --bins --test component
+	$(CARGO) test --locked --lib --bins --test component --test deploy
 
 ## alert rules: syntax, and a firing and a quiet case per alert (promtool from Debian's prometheus).
 test-alerts:

@@ -1,6 +1,6 @@
 //! Prometheus metrics (OpenMetrics text), served on `/metrics` by every replica.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +31,24 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub identity: String,
+    /// `transient` (retried with backoff) or `configuration` (a human must act).
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `written`, `up_to_date`, `removed`, `not_selected`, `conflict`, `pending` or `error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     /// `synced`, `failed`, `excluded`, `conflict` or `pending` (no token yet).
     pub state: String,
@@ -45,6 +64,25 @@ pub struct Metrics {
     token_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
     aws_calls: Family<AwsCallLabels, Counter>,
     writes: Family<WriteLabels, Counter>,
+    last_refresh: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
+    refresh_failures: Family<FailureLabels, Counter>,
+    consecutive_failures: Family<IdentityLabels, Gauge>,
+    reconcile_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    limiter_wait: Histogram,
+    queue_depth: Gauge,
+    /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
+    queued: Mutex<HashSet<String>>,
+}
+
+/// 1 ms to about 16 s: a reconcile is one cache read, or a write or two.
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 impl Default for Metrics {
@@ -88,6 +126,56 @@ impl Metrics {
         );
         let writes = Family::<WriteLabels, Counter>::default();
         registry.register("writes", "Kubernetes writes made, by kind", writes.clone());
+        let last_refresh = Family::<IdentityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "token_last_refresh_timestamp_seconds",
+            "When (Unix time) the last token was fetched successfully, per identity",
+            last_refresh.clone(),
+        );
+        let refresh_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "token_refresh_failures",
+            "Failed token fetches by identity and class (transient or configuration)",
+            refresh_failures.clone(),
+        );
+        let consecutive_failures = Family::<IdentityLabels, Gauge>::default();
+        registry.register(
+            "token_refresh_consecutive_failures",
+            "Token fetches failed in a row since the last success, per identity (0 when healthy)",
+            consecutive_failures.clone(),
+        );
+        let reconcile_duration =
+            Family::<OutcomeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                reconcile_histogram,
+            );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one namespace, including rate-limiter waits, by outcome",
+            reconcile_duration.clone(),
+        );
+        let limiter_wait = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "write_limiter_wait_seconds",
+            "Time a write waited for the write rate limiter (--write-qps, --write-burst)",
+            limiter_wait.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Namespaces waiting for a reconcile worker",
+            queue_depth.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the version label says which build runs",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         Metrics {
             registry,
             namespaces,
@@ -97,6 +185,13 @@ impl Metrics {
             token_expiry,
             aws_calls,
             writes,
+            last_refresh,
+            refresh_failures,
+            consecutive_failures,
+            reconcile_duration,
+            limiter_wait,
+            queue_depth,
+            queued: Mutex::new(HashSet::new()),
         }
     }
 
@@ -110,16 +205,62 @@ impl Metrics {
         self.leadership_transitions.inc();
     }
 
+    /// A successful fetch: expiry, refresh time, and the failure streak reset.
     pub fn token_fetched(&self, identity: &str, expires_at: std::time::SystemTime) {
-        let seconds = expires_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let labels = IdentityLabels {
+            identity: identity.to_string(),
+        };
         self.token_expiry
+            .get_or_create(&labels)
+            .set(unix_seconds(expires_at));
+        self.last_refresh
+            .get_or_create(&labels)
+            .set(unix_seconds(std::time::SystemTime::now()));
+        self.consecutive_failures.get_or_create(&labels).set(0);
+    }
+
+    /// A failed fetch of class `class` (`transient` or `configuration`).
+    pub fn token_fetch_failed(&self, identity: &str, class: &str) {
+        self.refresh_failures
+            .get_or_create(&FailureLabels {
+                identity: identity.to_string(),
+                class: class.to_string(),
+            })
+            .inc();
+        self.consecutive_failures
             .get_or_create(&IdentityLabels {
                 identity: identity.to_string(),
             })
-            .set(seconds);
+            .inc();
+    }
+
+    pub fn reconciled(&self, outcome: &str, took: std::time::Duration) {
+        self.reconcile_duration
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn limiter_waited(&self, took: std::time::Duration) {
+        self.limiter_wait.observe(took.as_secs_f64());
+    }
+
+    /// Namespace `name` was triggered (watch event, config change); counted until a worker
+    /// takes it. Repeated triggers of a waiting namespace count once, as the queue merges them.
+    pub fn enqueued(&self, name: &str) {
+        let mut queued = self.queued.lock().expect("queued lock");
+        if queued.insert(name.to_string()) {
+            self.queue_depth.set(queued.len() as i64);
+        }
+    }
+
+    /// A worker took namespace `name`.
+    pub fn dequeued(&self, name: &str) {
+        let mut queued = self.queued.lock().expect("queued lock");
+        if queued.remove(name) {
+            self.queue_depth.set(queued.len() as i64);
+        }
     }
 
     pub fn aws_call(&self, identity: &str, outcome: &str) {
@@ -198,6 +339,75 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn refresh_failures_count_in_a_row_until_a_success() {
+        let m = Metrics::new();
+        m.token_fetch_failed("eu-west-1", "transient");
+        m.token_fetch_failed("eu-west-1", "configuration");
+        let text = m.encode();
+        for line in [
+            "ecr_pull_secrets_token_refresh_consecutive_failures{identity=\"eu-west-1\"} 2",
+            "ecr_pull_secrets_token_refresh_failures_total{identity=\"eu-west-1\",class=\"transient\"} 1",
+            "ecr_pull_secrets_token_refresh_failures_total{identity=\"eu-west-1\",class=\"configuration\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        m.token_fetched("eu-west-1", std::time::SystemTime::now());
+        let text = m.encode();
+        assert!(text.contains(
+            "ecr_pull_secrets_token_refresh_consecutive_failures{identity=\"eu-west-1\"} 0"
+        ));
+        let refreshed = sample_value(
+            &text,
+            "ecr_pull_secrets_token_last_refresh_timestamp_seconds",
+        );
+        assert!(refreshed > 1.7e9, "{refreshed}");
+    }
+
+    fn sample_value(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    }
+
+    #[test]
+    fn queue_depth_counts_each_waiting_namespace_once() {
+        let m = Metrics::new();
+        m.enqueued("a");
+        m.enqueued("a");
+        m.enqueued("b");
+        assert_eq!(
+            sample_value(&m.encode(), "ecr_pull_secrets_queue_depth"),
+            2.0
+        );
+        m.dequeued("a");
+        m.dequeued("a");
+        m.dequeued("never-queued");
+        assert_eq!(
+            sample_value(&m.encode(), "ecr_pull_secrets_queue_depth"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn reconcile_histogram_and_build_info() {
+        let m = Metrics::new();
+        m.reconciled("written", std::time::Duration::from_millis(3));
+        m.reconciled("up_to_date", std::time::Duration::from_micros(200));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "ecr_pull_secrets_reconcile_duration_seconds_count{outcome=\"written\"} 1"
+            )
+        );
+        assert!(text.contains(&format!(
+            "ecr_pull_secrets_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 
     #[test]

@@ -185,6 +185,13 @@ impl Context {
         }
     }
 
+    /// Waits for the write rate limiter, recording how long.
+    async fn write_slot(&self) {
+        let started = Instant::now();
+        self.limiter.acquire().await;
+        self.metrics.limiter_waited(started.elapsed());
+    }
+
     fn cached_secret(&self, namespace: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
         self.secrets
             .get(&ObjectRef::new(&self.secret_name).within(namespace))
@@ -308,7 +315,7 @@ impl Context {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let secret = desired_secret(&self.secret_name, namespace, rendered);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.limiter.acquire().await;
+        self.write_slot().await;
         let written = self
             .bounded(
                 "write",
@@ -348,7 +355,7 @@ impl Context {
                 }),
                 ..DeleteParams::default()
             };
-            self.limiter.acquire().await;
+            self.write_slot().await;
             match self
                 .bounded(
                     "delete",
@@ -407,7 +414,7 @@ impl Context {
             {
                 continue;
             }
-            self.limiter.acquire().await;
+            self.write_slot().await;
             let wrote = service_account::set_entry(
                 &self.client,
                 (*sa).clone(),
@@ -470,6 +477,8 @@ pub async fn reconcile(
     ns: Arc<PartialObjectMeta<Namespace>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // A worker has it: no longer waiting, whatever happens next.
+    ctx.metrics.dequeued(&ns.name_any());
     let key = ns.uid().unwrap_or_else(|| ns.name_any());
     let now = Instant::now();
     if let Some(wait) = ctx.gate.check(&key, now) {
@@ -480,7 +489,19 @@ pub async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let namespace = ns.name_any();
-    match ctx.reconcile_namespace(&ns).await {
+    let started = Instant::now();
+    let result = ctx.reconcile_namespace(&ns).await;
+    let outcome = match &result {
+        Ok(Outcome::Written) => "written",
+        Ok(Outcome::UpToDate) => "up_to_date",
+        Ok(Outcome::Removed) => "removed",
+        Ok(Outcome::NotSelected) => "not_selected",
+        Ok(Outcome::Conflict) => "conflict",
+        Ok(Outcome::NoTokenYet) => "pending",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    match result {
         Ok(outcome) => {
             let state = match outcome {
                 _ if ns.metadata.deletion_timestamp.is_some() => None,

@@ -290,20 +290,57 @@ async fn lead(
         }),
         written,
         events: Events::new(client.clone(), args.identity.clone()),
-        metrics,
+        metrics: metrics.clone(),
         caches_ready,
     });
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+    let (namespace_store, namespace_writer) = reflector::store();
+    // Our own namespace watch (rather than Controller::new's) so the queue-depth gauge sees
+    // every trigger, and forgets namespaces deleted before a worker took them.
+    let namespace_events = watcher(namespaces, watcher::Config::default())
+        .default_backoff()
+        .reflect(namespace_writer)
+        .inspect_ok({
+            let metrics = metrics.clone();
+            move |event| match event {
+                watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                    metrics.enqueued(&ns.name_any())
+                }
+                watcher::Event::Delete(ns) => metrics.dequeued(&ns.name_any()),
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+        })
+        .applied_objects();
     let new_config = futures::stream::unfold(desired_rx, |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
+    })
+    .inspect({
+        let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
+        move |_| {
+            for ns in namespaces.state() {
+                metrics.enqueued(&ns.name_any());
+            }
+        }
     });
-    let in_namespace = |namespace: Option<String>| namespace.map(|ns| ObjectRef::new(&ns));
-    let controller = Controller::new(namespaces, watcher::Config::default())
+    let count_trigger = {
+        let metrics = metrics.clone();
+        move |namespace: &Option<String>| {
+            if let Some(namespace) = namespace {
+                metrics.enqueued(namespace);
+            }
+        }
+    };
+    let in_namespace = move |namespace: Option<String>| {
+        count_trigger(&namespace);
+        namespace.map(|ns| ObjectRef::new(&ns))
+    };
+    let controller = Controller::for_stream(namespace_events, namespace_store)
         .with_config(ControllerConfig::default().concurrency(args.concurrency))
-        .watches_stream(secret_events, move |secret| {
-            in_namespace(secret.namespace())
+        .watches_stream(secret_events, {
+            let in_namespace = in_namespace.clone();
+            move |secret| in_namespace(secret.namespace())
         })
         .watches_stream(account_events, move |sa| in_namespace(sa.namespace()))
         .reconcile_all_on(new_config)
@@ -311,13 +348,17 @@ async fn lead(
             let _ = stop.wait_for(|s| *s).await;
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                // A namespace deleted before its turn: nothing to do.
-                Err(ControllerError::ObjectNotFound(_)) | Ok(_) => {}
-                // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
-                Err(error) => {
-                    tracing::warn!(error = %error, "controller watch or queue error; retrying")
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    // A namespace deleted before its turn: nothing to do.
+                    Err(ControllerError::ObjectNotFound(object)) => metrics.dequeued(&object.name),
+                    Ok(_) => {}
+                    // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
+                    Err(error) => {
+                        tracing::warn!(error = %error, "controller watch or queue error; retrying")
+                    }
                 }
             }
         });

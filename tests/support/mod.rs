@@ -258,6 +258,16 @@ impl Drop for Controller {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if !std::thread::panicking() {
+            // Every controller run of every test doubles as a check that logs never carry
+            // secrets.
+            let leaks = leaked_secrets(&self.log_text());
+            assert!(
+                leaks.is_empty(),
+                "controller log {} leaks secrets: {leaks:?}",
+                self.log.display()
+            );
+        }
         if std::thread::panicking() {
             let text = self.log_text();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -447,6 +457,44 @@ impl Drop for Recorder {
     }
 }
 
+/// AWS secret keys the tests handed to the controller, for [`leaked_secrets`].
+static SECRET_KEYS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// What of a token or key shows in `text` (named, never quoted): the emulator's passwords
+/// (`emu-<32 hex>`), base64 `AWS:emu-...` auth strings, a base64 docker config, and every AWS
+/// secret key or session token the tests used.
+pub fn leaked_secrets(text: &str) -> Vec<String> {
+    let mut leaks = Vec::new();
+    let password = text.match_indices("emu-").any(|(at, _)| {
+        let rest = &text.as_bytes()[at + 4..];
+        rest.len() >= 32 && rest[..32].iter().all(u8::is_ascii_hexdigit)
+    });
+    if password {
+        leaks.push("an ECR token password (emu-...)".to_string());
+    }
+    // base64("AWS:em") and base64("{\"auths\":"): the auth string and the whole docker config.
+    for (needle, what) in [
+        ("QVdTOmVt", "a base64 AWS:<password> auth string"),
+        ("eyJhdXRocyI6", "a base64 docker config"),
+    ] {
+        if text.contains(needle) {
+            leaks.push(what.to_string());
+        }
+    }
+    let mut keys: Vec<String> = SECRET_KEYS.lock().unwrap().clone();
+    for var in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Ok(value) = std::env::var(var) {
+            keys.push(value);
+        }
+    }
+    for key in keys.iter().filter(|k| k.len() >= 8) {
+        if text.contains(key.as_str()) {
+            leaks.push(format!("an AWS secret key ({} characters)", key.len()));
+        }
+    }
+    leaks
+}
+
 /// Creates (or replaces) the AWS credentials Secret `name` in `namespace`.
 pub async fn put_credentials(
     client: &Client,
@@ -455,6 +503,7 @@ pub async fn put_credentials(
     key_id: &str,
     secret_key: &str,
 ) {
+    SECRET_KEYS.lock().unwrap().push(secret_key.to_string());
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = Secret {
         metadata: ObjectMeta {

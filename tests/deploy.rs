@@ -1,0 +1,178 @@
+//! Checks of the shipped monitoring files that need no cluster: the PrometheusRule carries the
+//! plain rules file unchanged, and every metric the alerts and the Grafana dashboard query is
+//! one the controller exports.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ecr_pull_secrets::metrics::Metrics;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Every sample name the controller can expose, from the `# TYPE` lines of its exposition
+/// once every recording method ran (an empty labelled family prints nothing).
+fn exported() -> BTreeSet<String> {
+    let m = Metrics::new();
+    m.leadership_acquired();
+    m.token_fetched("us-east-1", std::time::SystemTime::now());
+    m.token_fetch_failed("us-east-1", "transient");
+    m.aws_call("us-east-1", "ok");
+    m.write("apply");
+    m.namespace_state("default", Some("synced"));
+    m.reconciled("written", std::time::Duration::from_millis(3));
+    m.limiter_waited(std::time::Duration::ZERO);
+    m.enqueued("default");
+    let text = m.encode();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("TYPE line");
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The identifiers in a PromQL expression that name one of our metrics.
+fn our_metrics(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("ecr_pull_secrets_"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", Value::String(expr)) => out.push(expr.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn exposition_lists_every_metric_the_issue_asks_for() {
+    let names = exported();
+    for name in [
+        "ecr_pull_secrets_token_expiry_timestamp_seconds",
+        "ecr_pull_secrets_token_last_refresh_timestamp_seconds",
+        "ecr_pull_secrets_aws_get_authorization_token_calls_total",
+        "ecr_pull_secrets_token_refresh_failures_total",
+        "ecr_pull_secrets_token_refresh_consecutive_failures",
+        "ecr_pull_secrets_namespaces",
+        "ecr_pull_secrets_writes_total",
+        "ecr_pull_secrets_reconcile_duration_seconds_bucket",
+        "ecr_pull_secrets_queue_depth",
+        "ecr_pull_secrets_write_limiter_wait_seconds_bucket",
+        "ecr_pull_secrets_leader",
+        "ecr_pull_secrets_leadership_transitions_total",
+        "ecr_pull_secrets_build_info",
+    ] {
+        assert!(names.contains(name), "{name} not exported; have {names:?}");
+    }
+}
+
+#[test]
+fn prometheus_rule_carries_the_rules_file_unchanged() {
+    let rules = read("deploy/alerts/ecr-pull-secrets.rules.yaml");
+    let groups = &rules[rules.find("groups:").expect("groups:")..];
+    let indented: String = groups
+        .lines()
+        .map(|l| {
+            if l.trim().is_empty() {
+                "\n".to_string()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    let resource = read("deploy/components/monitoring/prometheusrule.yaml");
+    let spec = &resource[resource.find("spec:\n").expect("spec:") + "spec:\n".len()..];
+    assert_eq!(
+        spec, indented,
+        "deploy/components/monitoring/prometheusrule.yaml is stale: its spec must be \
+         deploy/alerts/ecr-pull-secrets.rules.yaml from `groups:` on, indented by two spaces"
+    );
+}
+
+#[test]
+fn alert_rules_query_only_exported_metrics() {
+    let names = exported();
+    let rules = read("deploy/alerts/ecr-pull-secrets.rules.yaml");
+    let mut used = 0;
+    for line in rules.lines() {
+        for metric in our_metrics(line) {
+            used += 1;
+            assert!(
+                names.contains(&metric),
+                "alert rules query {metric}, which the controller does not export"
+            );
+        }
+    }
+    assert!(used >= 5, "the rules should query our metrics");
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let names = exported();
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/ecr-pull-secrets.json"))
+        .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    let mut queried = BTreeSet::new();
+    for panel in panels {
+        let mut found = Vec::new();
+        exprs(panel, &mut found);
+        assert!(!found.is_empty(), "panel {} has no query", panel["title"]);
+        for expr in found {
+            let metrics = our_metrics(&expr);
+            assert!(
+                !metrics.is_empty() || expr.contains("up{job=\"ecr-pull-secrets\"}"),
+                "panel {}: {expr:?} queries none of our metrics",
+                panel["title"]
+            );
+            for metric in metrics {
+                assert!(
+                    names.contains(&metric),
+                    "panel {}: {metric} is not exported",
+                    panel["title"]
+                );
+                queried.insert(metric);
+            }
+        }
+    }
+    // Every family shows somewhere (histograms through any of their series).
+    for name in &names {
+        let family = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            queried.iter().any(|q| q.starts_with(family)),
+            "the dashboard shows nothing of {name}"
+        );
+    }
+}
