@@ -32,6 +32,101 @@ pub enum Command {
     /// Remove every managed pull secret and our ServiceAccount entries (for uninstalling).
     /// Stop the controller first, or it recreates them.
     Cleanup(CleanupArgs),
+    /// Show, per namespace, the pull secret's state, registries, expiry, last write and
+    /// conflicts, and who leads. Read-only; pass the selection flags given to `run`.
+    #[command(after_help = STATUS_EXIT_CODES)]
+    Status(StatusArgs),
+}
+
+/// `status --help` and docs/operations.md say the same.
+pub const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0  every selected namespace is synced (and has its ServiceAccount entries)
+  1  error: API server unreachable, permission missing (the message names it), bad flags
+  2  usage error (unknown flag, bad value)
+  3  report complete, but some selected namespace is not synced: missing, outdated, expired,
+     edited or conflict, or a target ServiceAccount lacks our entry";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// The flags of `status`: those of `run` that decide what should be where, with the same names,
+/// environment variables and defaults (a unit test keeps them equal).
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Name of the pull secret in each namespace.
+    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
+    pub secret_name: String,
+
+    /// Only these namespaces should hold the secret: names or globs (team-*), comma-separated.
+    /// Default: every namespace.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub target_namespaces: Vec<String>,
+
+    /// Namespaces that never hold the secret: names or globs, comma-separated; wins over
+    /// --target-namespaces.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Only namespaces whose labels match this selector (kubectl -l syntax). The annotation
+    /// ecr-pull-secrets.io/exclude=true opts a namespace out.
+    #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
+    pub namespace_selector: Option<String>,
+
+    /// Also check that these ServiceAccounts (names, or * for all) carry the secret in
+    /// imagePullSecrets in every selected namespace. Default: not checked.
+    #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
+    pub service_accounts: Option<Targets>,
+
+    /// The controller's namespace, where its Lease is by default. Default: POD_NAMESPACE, else
+    /// the kubeconfig's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Name of the controller's Lease (in --lease-namespace), to show the leader.
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
+    pub lease_name: String,
+
+    /// Namespace of the Lease. Default: --namespace, else the kubeconfig's.
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Timeout of each Kubernetes API call.
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// Output format: a table for people, or JSON for scripts (documented in
+    /// docs/operations.md).
+    #[arg(
+        long,
+        short = 'o',
+        env = "ECR_PULL_SECRETS_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: OutputFormat,
+}
+
+impl StatusArgs {
+    pub fn selection(&self) -> Result<Selection, String> {
+        Selection::new(
+            &self.target_namespaces,
+            &self.exclude_namespaces,
+            self.namespace_selector.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -350,6 +445,7 @@ fn is_dns_label(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn parse(args: &[&str]) -> Result<RunArgs, String> {
         let mut argv = vec!["ecr-pull-secrets", "run"];
@@ -446,6 +542,62 @@ mod tests {
         assert!(run.regions().is_empty());
         let run = parse(&["--ecr-public", "--region", "eu-west-1"]).unwrap();
         assert_eq!(run.regions(), ["eu-west-1"]);
+    }
+
+    #[test]
+    fn status_shares_the_selection_flags_of_run() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let flags = |sub: &str| -> BTreeMap<String, (Option<String>, Vec<String>)> {
+            cli.find_subcommand(sub)
+                .unwrap()
+                .get_arguments()
+                .filter_map(|a| {
+                    let env = a.get_env().map(|e| e.to_string_lossy().to_string());
+                    let defaults = a
+                        .get_default_values()
+                        .iter()
+                        .map(|d| d.to_string_lossy().to_string())
+                        .collect();
+                    Some((a.get_long()?.to_string(), (env, defaults)))
+                })
+                .collect()
+        };
+        let (run, status) = (flags("run"), flags("status"));
+        for flag in [
+            "secret-name",
+            "target-namespaces",
+            "exclude-namespaces",
+            "namespace-selector",
+            "service-accounts",
+            "api-timeout",
+            "namespace",
+            "lease-name",
+            "lease-namespace",
+        ] {
+            assert!(run.contains_key(flag), "run --{flag}");
+            assert_eq!(run.get(flag), status.get(flag), "--{flag}");
+        }
+        let cli = Cli::try_parse_from([
+            "ecr-pull-secrets",
+            "status",
+            "--target-namespaces",
+            "team-*,shared",
+            "--service-accounts",
+            "default",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Status(status) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(status.target_namespaces, ["team-*", "shared"]);
+        assert_eq!(status.output, OutputFormat::Json);
+        assert_eq!(status.secret_name, "ecr-pull-secret");
+        assert!(status.selection().is_ok());
+        let bad = Cli::try_parse_from(["ecr-pull-secrets", "status", "--output", "yaml"]);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod render;
 pub mod run;
 pub mod selection;
 pub mod service_account;
+pub mod status;
 pub mod token;
 
 /// Errors a user or operator sees. Each says what was wrong and what to do.

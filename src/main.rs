@@ -25,11 +25,19 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
-        Command::Run(args) => ecr_pull_secrets::run::run(args).await,
-        Command::Cleanup(args) => ecr_pull_secrets::cleanup::cleanup(&args).await.map(|_| ()),
+        Command::Run(args) => ecr_pull_secrets::run::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Cleanup(args) => ecr_pull_secrets::cleanup::cleanup(&args)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        // Exit 3 when some selected namespace is not in sync (see `status --help`).
+        Command::Status(args) => ecr_pull_secrets::status::status(&args)
+            .await
+            .map(|report| ExitCode::from(report.exit_code())),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %error, "exiting");
             eprintln!("ecr-pull-secrets: {error}");
