@@ -32,6 +32,31 @@ pub enum Command {
     /// Remove every managed pull secret and our ServiceAccount entries (for uninstalling).
     /// Stop the controller first, or it recreates them.
     Cleanup(CleanupArgs),
+    /// Check the configuration, the cluster permissions and AWS access without changing
+    /// anything: fetches one token per identity and prints its hosts and expiry (never the
+    /// token). Takes `run`'s flags; exit code 0 only when every check passes.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Report format.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_CHECK_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

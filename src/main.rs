@@ -27,6 +27,14 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => ecr_pull_secrets::run::run(args).await,
         Command::Cleanup(args) => ecr_pull_secrets::cleanup::cleanup(&args).await.map(|_| ()),
+        // The report on stdout is the whole answer; its exit code says whether all passed.
+        Command::Check(args) => {
+            return if ecr_pull_secrets::check::check(&args).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
