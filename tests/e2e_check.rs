@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 use support::*;
 
@@ -480,5 +480,11 @@ async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_p
             .iter()
             .any(|l| l.ends_with("create secrets in every namespace"))
     );
+    // Leave the shipped namespace as e2e_rbac expects to find it (it applies deploy/ first).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ecr-pull-secrets");
+    secrets
+        .delete("aws-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
     delete_namespaces(&client, &[p]).await;
 }
