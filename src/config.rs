@@ -36,6 +36,10 @@ pub enum Command {
     /// conflicts, and who leads. Read-only; pass the selection flags given to `run`.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(StatusArgs),
+    /// Check the configuration, the cluster permissions and AWS access without changing
+    /// anything: fetches one token per identity and prints its hosts and expiry (never the
+    /// token). Takes `run`'s flags; exit code 0 only when every check passes.
+    Check(CheckArgs),
 }
 
 /// `status --help` and docs/operations.md say the same.
@@ -118,6 +122,21 @@ pub struct StatusArgs {
     pub output: OutputFormat,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Report format.
+    #[arg(
+        long,
+        env = "ECR_PULL_SECRETS_CHECK_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub output: CheckOutput,
+}
+
 impl StatusArgs {
     pub fn selection(&self) -> Result<Selection, String> {
         Selection::new(
@@ -127,6 +146,12 @@ impl StatusArgs {
         )
         .map_err(|e| e.to_string())
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod credentials;

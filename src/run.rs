@@ -152,7 +152,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn own_namespace(client: &Client, args: &RunArgs) -> String {
+pub(crate) fn own_namespace(client: &Client, args: &RunArgs) -> String {
     args.namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string())
@@ -378,11 +378,19 @@ async fn lead(
 }
 
 pub(crate) async fn connect() -> Result<Client, Error> {
-    let config = KubeConfig::infer().await.map_err(|e| {
+    client_from(kube_config().await?)
+}
+
+/// The Kubernetes configuration: in-cluster, else KUBECONFIG or ~/.kube/config.
+pub(crate) async fn kube_config() -> Result<KubeConfig, Error> {
+    KubeConfig::infer().await.map_err(|e| {
         Error::Config(format!(
             "no Kubernetes configuration found ({e}); run inside a cluster or set KUBECONFIG"
         ))
-    })?;
+    })
+}
+
+pub(crate) fn client_from(config: KubeConfig) -> Result<Client, Error> {
     Client::try_from(config).map_err(|source| Error::Kube {
         context: "building the Kubernetes client".into(),
         source,
@@ -418,6 +426,40 @@ async fn aws_config(
     args: &RunArgs,
     tasks: &mut JoinSet<()>,
 ) -> Result<aws_config::SdkConfig, Error> {
+    let mut base = None;
+    if let Some(name) = &args.credentials_secret {
+        let namespace = own_namespace(client, args);
+        let initial = credentials::load_from_secret(client.clone(), &namespace, name).await?;
+        let provider = SecretCredentials::new(initial);
+        tasks.spawn(
+            provider
+                .clone()
+                .follow(client.clone(), namespace.clone(), name.clone()),
+        );
+        tracing::info!(
+            namespace,
+            secret = name,
+            "using AWS credentials from Secret (watched for rotation)"
+        );
+        base = Some(provider);
+    }
+    let sdk_config = sdk_config(args, base).await?;
+    if let Some(role) = args.assume_role() {
+        tracing::info!(
+            role = role.role_arn,
+            session = role.session_name,
+            "assuming role for every token fetch"
+        );
+    }
+    Ok(sdk_config)
+}
+
+/// The AWS SDK configuration with `base` credentials (else the default chain) and, with
+/// --role-arn, the role assumed on top. Spawns nothing: `check` uses it as is.
+pub(crate) async fn sdk_config(
+    args: &RunArgs,
+    base: Option<SecretCredentials>,
+) -> Result<aws_config::SdkConfig, Error> {
     // No identity cache: every token fetch resolves credentials anew, so rotated keys (and
     // a fresh AssumeRole) apply at the next refresh. Fetches are hours apart; caching buys nothing.
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -431,23 +473,7 @@ async fn aws_config(
         .or_else(|| args.regions().into_iter().next())
         .unwrap_or_else(|| "us-east-1".to_string());
     loader = loader.region(aws_config::Region::new(sts_region));
-    if let Some(name) = &args.credentials_secret {
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let initial = credentials::load_from_secret(client.clone(), &namespace, name).await?;
-        let provider = SecretCredentials::new(initial);
-        tasks.spawn(
-            provider
-                .clone()
-                .follow(client.clone(), namespace.clone(), name.clone()),
-        );
-        tracing::info!(
-            namespace,
-            secret = name,
-            "using AWS credentials from Secret (watched for rotation)"
-        );
+    if let Some(provider) = base {
         loader = loader.credentials_provider(provider);
     }
     let sdk_config = loader.load().await;
@@ -458,11 +484,6 @@ async fn aws_config(
         Error::Config("no AWS credentials to assume the role with: set a credentials Secret or the default chain".into())
     })?;
     let assumed = credentials::assume_role(&sdk_config, base, &role).await;
-    tracing::info!(
-        role = role.role_arn,
-        session = role.session_name,
-        "assuming role for every token fetch"
-    );
     Ok(sdk_config
         .into_builder()
         .credentials_provider(assumed)

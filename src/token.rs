@@ -341,7 +341,7 @@ impl FetchError {
 }
 
 /// The whole `source()` chain on one line: SDK errors hide the cause two levels deep.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
