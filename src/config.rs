@@ -130,6 +130,7 @@ pub struct CheckArgs {
     /// Report format.
     #[arg(
         long,
+        short = 'o',
         env = "ECR_PULL_SECRETS_CHECK_OUTPUT",
         value_enum,
         default_value = "text"
