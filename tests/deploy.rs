@@ -119,6 +119,16 @@ fn prometheus_rule_carries_the_rules_file_unchanged() {
 }
 
 #[test]
+fn helm_chart_carries_the_rules_file_unchanged() {
+    assert_eq!(
+        read("deploy/helm/ecr-pull-secrets/files/ecr-pull-secrets.rules.yaml"),
+        read("deploy/alerts/ecr-pull-secrets.rules.yaml"),
+        "the chart's copy of the alert rules is stale: copy deploy/alerts/ecr-pull-secrets.rules.yaml \
+         to deploy/helm/ecr-pull-secrets/files/"
+    );
+}
+
+#[test]
 fn alert_rules_query_only_exported_metrics() {
     let names = exported();
     let rules = read("deploy/alerts/ecr-pull-secrets.rules.yaml");

@@ -9,10 +9,12 @@
 #   tests/testenv.sh run -- CMD ARGS...  up, run CMD, always down; CMD's exit code
 #   tests/testenv.sh user NAME [GROUP...] kubeconfig for a client-cert user
 #   tests/testenv.sh venv                path of the emulator's venv (made by build)
+#   tests/testenv.sh helm                path of the helm binary (made by build)
 #
 # Everything built lives outside the repo, in
 #   ${ECR_PULL_SECRETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ecr-pull-secrets}
-# Versions: KUBE_VERSION (default v1.36.3), ETCD_VERSION (default v3.6.16).
+# Versions: KUBE_VERSION (default v1.36.3), ETCD_VERSION (default v3.6.16),
+# HELM_VERSION (default v3.22.0).
 # `up` prints only `export` lines on stdout; diagnostics go to stderr. Its
 # directory, /tmp/ecr-testenv.XXXXXX, holds the PKI, the process logs
 # (etcd.log, kube-apiserver.log, ecr-emulator.log), pids and users/.
@@ -29,6 +31,7 @@ SCRIPT_PATH="$SCRIPT_DIR/$(basename -- "${BASH_SOURCE[0]}")"
 CACHE=${ECR_PULL_SECRETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ecr-pull-secrets}
 KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
 START_TIMEOUT=${TESTENV_START_TIMEOUT:-60}
 STOP_TIMEOUT=${TESTENV_STOP_TIMEOUT:-10}
 AWS_REGION_DEFAULT=${TESTENV_AWS_REGION:-us-east-1}
@@ -39,6 +42,8 @@ REQUIREMENTS="$EMULATOR_DIR/requirements.txt"
 KUBE_APISERVER_BIN="$CACHE/bin/kube-apiserver-$KUBE_VERSION"
 KUBECTL_BIN="$CACHE/bin/kubectl-$KUBE_VERSION"
 ETCD_BIN="$CACHE/bin/etcd-$ETCD_VERSION"
+# "-kube": built with the Kubernetes version stamps below (older builds lacked them).
+HELM_BIN="$CACHE/bin/helm-$HELM_VERSION-kube"
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -170,6 +175,29 @@ build_etcd() {
   log "built $ETCD_BIN"
 }
 
+# helm's module has no replace directives, so a plain `go install` builds it. Like helm's own
+# Makefile, stamp the Kubernetes version of its client-go, or `helm template` assumes v1.20.
+build_helm() {
+  local ver=$HELM_VERSION tmp gomod client_go minor
+  [[ $ver =~ ^v3\.[0-9]+\.[0-9]+$ ]] || die "HELM_VERSION must look like v3.X.Y, got $ver"
+  log "building helm $ver"
+  tmp="$CACHE/src/helm-bin"
+  rm -rf "$tmp"
+  mkdir -p "$tmp" "$CACHE/bin"
+  gomod=$(cd "$tmp" && gomod_of "helm.sh/helm/v3@$ver")
+  client_go=$(awk '$1 == "k8s.io/client-go" { print $2 }' "$gomod")
+  [[ $client_go =~ ^v0\.([0-9]+)\. ]] || die "no k8s.io/client-go version in $gomod"
+  minor=${BASH_REMATCH[1]}
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath \
+    -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$ver \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    "helm.sh/helm/v3/cmd/helm@$ver" >&2
+  mv -f "$tmp/helm" "$HELM_BIN"
+  rm -rf "$tmp"
+  log "built $HELM_BIN (Kubernetes 1.$minor capabilities)"
+}
+
 build_venv() {
   local venv
   venv=$(venv_dir)
@@ -203,6 +231,11 @@ cmd_build() {
   else
     build_etcd
   fi
+  if [[ -x $HELM_BIN ]]; then
+    log "helm $HELM_VERSION: cached"
+  else
+    build_helm
+  fi
   build_venv
   flock -u 9
   exec 9>&-
@@ -210,7 +243,7 @@ cmd_build() {
 }
 
 built() {
-  [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN && -x $ETCD_BIN && -f $(venv_dir)/.complete ]]
+  [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN && -x $ETCD_BIN && -x $HELM_BIN && -f $(venv_dir)/.complete ]]
 }
 
 # ---------------------------------------------------------------- up
@@ -436,6 +469,7 @@ cmd_up() {
   write_kubeconfig "$dir/admin.kubeconfig" admin "$pki/admin.crt" "$pki/admin.key"
   mkdir -p "$dir/bin" "$dir/users"
   ln -s "$KUBECTL_BIN" "$dir/bin/kubectl"
+  ln -s "$HELM_BIN" "$dir/bin/helm"
 
   wait_for kube-apiserver "/readyz ok" curl -fsS --max-time 5 \
     --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
@@ -596,6 +630,7 @@ main() {
   case $cmd in
     build) cmd_build "$@" ;;
     venv) venv_dir && echo ;;
+    helm) echo "$HELM_BIN" ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     run) cmd_run "$@" ;;

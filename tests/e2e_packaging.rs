@@ -1,0 +1,410 @@
+//! End to end: packaging (issue: packaging and least privilege). The Helm chart lints, every
+//! rendering (kustomize base with the monitoring component, Helm with default values and with
+//! every option set) passes the API server's validation, the chart exposes every flag, and the
+//! rendered ClusterRoles and Roles grant exactly the least set documented in docs/security.md.
+//! Run through `tests/testenv.sh run -- cargo test --test e2e_packaging -- --test-threads=1`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> String {
+    repo()
+        .join("deploy/helm/ecr-pull-secrets")
+        .display()
+        .to_string()
+}
+
+fn all_options() -> String {
+    repo()
+        .join("tests/helm/all-options.yaml")
+        .display()
+        .to_string()
+}
+
+/// Runs `program args` with `stdin`; stdout, or a panic naming the command and its stderr.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e} (is it on PATH? tests/testenv.sh puts it there)")
+        });
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ensure_namespace(name: &str) {
+    run(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        )),
+    );
+}
+
+/// The kustomize base with the monitoring component, through a throw-away overlay.
+fn kustomize_with_monitoring(dir: &Path) -> String {
+    let overlay = dir.join(unique("overlay"));
+    std::fs::create_dir_all(&overlay).unwrap();
+    // kustomize takes directories only as relative paths: climb to / from the overlay.
+    let up = "../".repeat(overlay.components().count() - 1);
+    let deploy = format!(
+        "{up}{}",
+        repo()
+            .join("deploy")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!("resources: [{deploy}]\ncomponents: [{deploy}/components/monitoring]\n"),
+    )
+    .unwrap();
+    // kustomize refuses resources outside the overlay's root unless told otherwise.
+    run(
+        "kubectl",
+        &[
+            "kustomize",
+            "--load-restrictor=LoadRestrictionsNone",
+            overlay.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
+fn helm_template(namespace: &str, values: Option<&str>) -> String {
+    let chart = chart();
+    let mut args = vec!["template", "ecr-pull-secrets", &chart, "-n", namespace];
+    if let Some(values) = values {
+        args.extend(["-f", values]);
+    }
+    run("helm", &args, None)
+}
+
+fn dry_run_apply(manifests: &str) -> String {
+    run(
+        "kubectl",
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(manifests),
+    )
+}
+
+/// The rendered objects as JSON (kubectl parses the multi-document YAML for us).
+fn objects(manifests: &str) -> Vec<Value> {
+    let json = run(
+        "kubectl",
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(manifests),
+    );
+    // One object alone, or a List of them.
+    let value: Value = serde_json::from_str(&json).unwrap_or_else(|_| {
+        // Several objects print as concatenated JSON documents.
+        let items: Vec<Value> = serde_json::Deserializer::from_str(&json)
+            .into_iter::<Value>()
+            .map(Result::unwrap)
+            .collect();
+        serde_json::json!({ "kind": "List", "items": items })
+    });
+    match value["kind"].as_str() {
+        Some("List") => value["items"].as_array().unwrap().clone(),
+        _ => vec![value],
+    }
+}
+
+/// One atomic permission: (scope, apiGroup, resource, resourceName or "", verb).
+type Grant = (String, String, String, String, String);
+
+fn granted(objects: &[Value]) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for object in objects {
+        let scope = match object["kind"].as_str() {
+            Some("ClusterRole") => "cluster",
+            Some("Role") => "namespace",
+            _ => continue,
+        };
+        for rule in object["rules"].as_array().unwrap() {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let names = match list("resourceNames") {
+                names if names.is_empty() => vec![String::new()],
+                names => names,
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for name in &names {
+                        for verb in list("verbs") {
+                            grants.insert((
+                                scope.to_string(),
+                                group.clone(),
+                                resource.clone(),
+                                name.clone(),
+                                verb,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// What a rendering is configured with, to pick the documented rows that apply.
+struct Names<'a> {
+    secret: &'a str,
+    lease: &'a str,
+    credentials: Option<&'a str>,
+    service_accounts: bool,
+}
+
+/// The least set from the table in docs/security.md, for a configuration.
+fn documented(names: &Names) -> BTreeSet<Grant> {
+    let doc = std::fs::read_to_string(repo().join("docs/security.md")).unwrap();
+    let table = doc
+        .split("<!-- rbac-least-set:begin -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- rbac-least-set:end -->").next())
+        .expect("the rbac-least-set table in docs/security.md");
+    let mut grants = BTreeSet::new();
+    for row in table.lines().filter(|l| l.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let [scope, group, resource, name, verbs, when] = cells[..] else {
+            panic!("row {row:?} should have 6 cells");
+        };
+        let applies = match when {
+            "always" => true,
+            "service accounts" => names.service_accounts,
+            "credentials secret" => names.credentials.is_some(),
+            other => panic!("unknown condition {other:?}"),
+        };
+        if !applies {
+            continue;
+        }
+        let group = if group == "core" { "" } else { group };
+        let name = match name {
+            "" => "",
+            "secret name" => names.secret,
+            "lease name" => names.lease,
+            "credentials secret" => names.credentials.unwrap(),
+            other => panic!("unknown resourceName {other:?}"),
+        };
+        for verb in verbs.split(',').map(str::trim) {
+            grants.insert((
+                scope.to_string(),
+                group.to_string(),
+                resource.to_string(),
+                name.to_string(),
+                verb.to_string(),
+            ));
+        }
+    }
+    grants
+}
+
+fn assert_least(what: &str, manifests: &str, names: &Names) {
+    let granted = granted(&objects(manifests));
+    let documented = documented(names);
+    let extra: Vec<_> = granted.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&granted).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{what}: rendered RBAC differs from docs/security.md\n  granted beyond it: {extra:?}\n  missing: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
+    let Some(env) = testenv() else { return };
+    run("helm", &["lint", "--strict", &chart()], None);
+    run(
+        "helm",
+        &["lint", "--strict", &chart(), "-f", &all_options()],
+        None,
+    );
+    // The schema rejects a bad value with a message naming it.
+    let bad = Command::new("helm")
+        .args(["template", "x", &chart(), "--set", "writeQps=0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("writeQps"), "{stderr}");
+
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            repo()
+                .join("tests/fixtures/prometheus-operator-crds.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+        None,
+    );
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ],
+        None,
+    );
+
+    // A server-side dry run needs the namespaces to exist.
+    ensure_namespace("ecr-pull-secrets");
+    let kustomized = kustomize_with_monitoring(&env.dir);
+    dry_run_apply(&kustomized);
+    for kind in ["PodMonitor", "PrometheusRule", "PodDisruptionBudget"] {
+        assert!(kustomized.contains(&format!("kind: {kind}\n")), "{kind}");
+    }
+
+    ensure_namespace("helm-default");
+    let default = helm_template("helm-default", None);
+    dry_run_apply(&default);
+
+    ensure_namespace("helm-all");
+    ensure_namespace("all-options-leases");
+    let all = helm_template("helm-all", Some(&all_options()));
+    let applied = dry_run_apply(&all);
+    for kind in [
+        "deployment.apps/ecr-pull-secrets-all",
+        "podmonitor.monitoring.coreos.com/ecr-pull-secrets-all",
+        "prometheusrule.monitoring.coreos.com/ecr-pull-secrets-all",
+        "secret/ecr-pull-secrets-all-aws",
+        "poddisruptionbudget.policy/ecr-pull-secrets-all",
+    ] {
+        assert!(applied.contains(kind), "{kind} not in:\n{applied}");
+    }
+    // The window value reaches the rule.
+    let words = all.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("- time() < 7200"),
+        "the window reaches the rule"
+    );
+
+    // Every flag of `run` is set from a value: each environment variable it reads is rendered.
+    let help = run(
+        env!("CARGO_BIN_EXE_ecr-pull-secrets"),
+        &["run", "--help"],
+        None,
+    );
+    let vars: BTreeSet<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap())
+        .collect();
+    assert!(vars.len() >= 25, "{vars:?}");
+    for var in vars {
+        assert!(
+            all.contains(&format!("- name: {var}\n")),
+            "the chart does not set {var} (a flag of `run`)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rendered_roles_equal_the_documented_least_set() {
+    let Some(env) = testenv() else { return };
+    let base = run(
+        "kubectl",
+        &["kustomize", repo().join("deploy").to_str().unwrap()],
+        None,
+    );
+    assert_least(
+        "kustomize base",
+        &base,
+        &Names {
+            secret: "ecr-pull-secret",
+            lease: "ecr-pull-secrets",
+            credentials: Some("aws-credentials"),
+            service_accounts: true,
+        },
+    );
+    assert_least(
+        "kustomize base with monitoring",
+        &kustomize_with_monitoring(&env.dir),
+        &Names {
+            secret: "ecr-pull-secret",
+            lease: "ecr-pull-secrets",
+            credentials: Some("aws-credentials"),
+            service_accounts: true,
+        },
+    );
+    assert_least(
+        "helm, default values",
+        &helm_template("helm-default", None),
+        &Names {
+            secret: "ecr-pull-secret",
+            lease: "ecr-pull-secrets",
+            credentials: None,
+            service_accounts: false,
+        },
+    );
+    assert_least(
+        "helm, existing credentials Secret",
+        &run(
+            "helm",
+            &[
+                "template",
+                "ecr-pull-secrets",
+                &chart(),
+                "--set",
+                "credentials.existingSecret=aws",
+            ],
+            None,
+        ),
+        &Names {
+            secret: "ecr-pull-secret",
+            lease: "ecr-pull-secrets",
+            credentials: Some("aws"),
+            service_accounts: false,
+        },
+    );
+    assert_least(
+        "helm, every option",
+        &helm_template("helm-all", Some(&all_options())),
+        &Names {
+            secret: "all-options-pull",
+            lease: "all-options-lease",
+            credentials: Some("ecr-pull-secrets-all-aws"),
+            service_accounts: true,
+        },
+    );
+}
