@@ -281,7 +281,7 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
             "wait",
             "--for=condition=Established",
             "--timeout=30s",
-            "crd/podmonitors.monitoring.coreos.com",
+            "crd/servicemonitors.monitoring.coreos.com",
             "crd/prometheusrules.monitoring.coreos.com",
         ],
         None,
@@ -291,7 +291,12 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     ensure_namespace("ecr-pull-secrets");
     let kustomized = kustomize_with_monitoring(&env.dir);
     dry_run_apply(&kustomized);
-    for kind in ["PodMonitor", "PrometheusRule", "PodDisruptionBudget"] {
+    for kind in [
+        "ServiceMonitor",
+        "Service",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+    ] {
         assert!(kustomized.contains(&format!("kind: {kind}\n")), "{kind}");
     }
 
@@ -305,7 +310,8 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     let applied = dry_run_apply(&all);
     for kind in [
         "deployment.apps/ecr-pull-secrets-all",
-        "podmonitor.monitoring.coreos.com/ecr-pull-secrets-all",
+        "servicemonitor.monitoring.coreos.com/ecr-pull-secrets-all",
+        "service/ecr-pull-secrets-all-metrics",
         "prometheusrule.monitoring.coreos.com/ecr-pull-secrets-all",
         "secret/ecr-pull-secrets-all-aws",
         "poddisruptionbudget.policy/ecr-pull-secrets-all",
