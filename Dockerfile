@@ -11,10 +11,12 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, so source edits reuse the cached layer.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/scale.rs \
  && cargo build --release --locked --target x86_64-unknown-linux-musl \
- && rm -rf src
+ && rm -rf src benches
 COPY src ./src
+COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --target x86_64-unknown-linux-musl \
  && cp target/x86_64-unknown-linux-musl/release/ecr-pull-secrets /ecr-pull-secrets

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit
+.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit bench
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
@@ -49,6 +49,13 @@ test-demo: testenv
 
 build:
 	$(CARGO) build --locked --release
+
+## scale benchmark on the real control plane (docs/performance.md): prints a table and writes
+## JSON. Not part of `test`: it measures, it does not assert. NAMESPACES=10000 for the large run.
+NAMESPACES ?= 2000
+BENCH_JSON ?= target/scale-$(NAMESPACES).json
+bench: testenv
+	$(CARGO) bench --locked --bench scale -- --namespaces $(NAMESPACES) --json $(BENCH_JSON)
 
 ## advisory check (needs the RustSec advisory database).
 audit:

@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod run;
+pub mod secret_cache;
 pub mod selection;
 pub mod service_account;
 pub mod status;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::ByteString;
@@ -22,6 +22,7 @@ use crate::backoff::Gate;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::render::{Rendered, fingerprint, rfc3339};
+use crate::secret_cache::{CachedSecret, SecretCache};
 use crate::selection::{Decision, Selection};
 use crate::service_account::{self, Targets};
 
@@ -57,10 +58,11 @@ impl WriteLimiter {
 
 /// Our last write to a namespace: a different resourceVersion in the cache means someone else
 /// wrote; a write the cache has not shown yet is not repeated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Written {
     pub resource_version: String,
-    pub fingerprint: String,
+    /// The config written: shared by every namespace, not copied into each entry.
+    pub config: Arc<Rendered>,
 }
 
 /// Shared with the Secret watch, which forgets a namespace's entry when its Secret is deleted.
@@ -74,8 +76,8 @@ pub struct Context {
     /// The config to write, `None` until every identity has its first token.
     pub desired: watch::Receiver<Option<Arc<Rendered>>>,
     pub api_timeout: Duration,
-    /// Metadata of every Secret named `secret_name` (field-selected watch).
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Every Secret named `secret_name` (field-selected watch), reduced to what we read.
+    pub secrets: SecretCache,
     /// ServiceAccounts to patch, and the cache of ServiceAccounts, when enabled.
     pub service_accounts: Option<(Targets, Store<ServiceAccount>)>,
     /// Take over a same-named Secret that lacks our label.
@@ -141,13 +143,6 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
         .is_some_and(|v| v == MANAGED_VALUE)
 }
 
-fn fingerprint_of(meta: &ObjectMeta) -> Option<&str> {
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(FINGERPRINT_ANNOTATION))
-        .map(String::as_str)
-}
-
 /// Another field manager owns our config key: someone edited the data. Visible in metadata, so
 /// drift is caught without reading Secret contents.
 pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
@@ -159,6 +154,26 @@ pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
                     .is_some()
             })
     })
+}
+
+/// Trims a cached namespace to what selection reads (name, labels when a label selector is
+/// configured, the opt-out annotation, deletion state): managedFields and other annotations (a
+/// `last-applied-configuration` can be kilobytes) would otherwise dominate the cache on
+/// clusters with many namespaces.
+pub fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>, keep_labels: bool) {
+    // apiVersion and kind are the same for every object (two allocations each).
+    ns.types = None;
+    let meta = &mut ns.metadata;
+    meta.managed_fields = None;
+    // The watch keeps its own resourceVersion; nothing here reads the object's.
+    meta.resource_version = None;
+    if !keep_labels {
+        meta.labels = None;
+    }
+    meta.owner_references = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == crate::selection::OPT_OUT_ANNOTATION);
+    }
 }
 
 impl Context {
@@ -192,9 +207,8 @@ impl Context {
         self.metrics.limiter_waited(started.elapsed());
     }
 
-    fn cached_secret(&self, namespace: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
-        self.secrets
-            .get(&ObjectRef::new(&self.secret_name).within(namespace))
+    fn cached_secret(&self, namespace: &str) -> Option<Arc<CachedSecret>> {
+        self.secrets.get(namespace)
     }
 
     async fn sync(&self, namespace: &str) -> Result<Outcome, Error> {
@@ -202,7 +216,7 @@ impl Context {
             return Ok(Outcome::NoTokenYet);
         };
         let outcome = match self.cached_secret(namespace) {
-            Some(existing) if !is_managed(&existing.metadata) && !self.adopt_existing => {
+            Some(existing) if !existing.managed && !self.adopt_existing => {
                 tracing::warn!(
                     namespace,
                     secret = self.secret_name,
@@ -223,9 +237,8 @@ impl Context {
                 return Ok(Outcome::Conflict);
             }
             Some(existing)
-                if is_managed(&existing.metadata)
-                    && fingerprint_of(&existing.metadata)
-                        == Some(rendered.fingerprint.as_str())
+                if existing.managed
+                    && existing.fingerprint.as_deref() == Some(rendered.fingerprint.as_str())
                     && !self.drifted(namespace, &existing, &rendered).await? =>
             {
                 Outcome::UpToDate
@@ -247,10 +260,10 @@ impl Context {
     async fn drifted(
         &self,
         namespace: &str,
-        cached: &PartialObjectMeta<Secret>,
-        rendered: &Rendered,
+        cached: &CachedSecret,
+        rendered: &Arc<Rendered>,
     ) -> Result<bool, Error> {
-        if edited_by_someone_else(&cached.metadata) {
+        if cached.edited_elsewhere {
             tracing::info!(
                 namespace,
                 "pull secret data was edited by another field manager; restoring"
@@ -263,9 +276,8 @@ impl Context {
             .expect("lock")
             .get(namespace)
             .map(|w| w.resource_version.clone());
-        let current = cached.resource_version();
         match last {
-            Some(last) if Some(&last) != current.as_ref() => {
+            Some(last) if Some(&last) != cached.resource_version.as_ref() => {
                 // Written since our last write: compare the data itself, once.
                 let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
                 let Some(full) = self
@@ -278,7 +290,7 @@ impl Context {
                 let intact = data.is_some_and(|d| fingerprint(&d.0) == rendered.fingerprint);
                 if intact {
                     if let Some(rv) = full.resource_version() {
-                        self.remember(namespace, rv, &rendered.fingerprint);
+                        self.remember(namespace, rv, rendered);
                     }
                 } else {
                     tracing::info!(
@@ -292,12 +304,12 @@ impl Context {
         }
     }
 
-    fn remember(&self, namespace: &str, resource_version: String, fingerprint: &str) {
+    fn remember(&self, namespace: &str, resource_version: String, config: &Arc<Rendered>) {
         self.written.lock().expect("lock").insert(
             namespace.to_string(),
             Written {
                 resource_version,
-                fingerprint: fingerprint.to_string(),
+                config: config.clone(),
             },
         );
     }
@@ -308,10 +320,10 @@ impl Context {
             .lock()
             .expect("lock")
             .get(namespace)
-            .is_some_and(|w| w.fingerprint == fingerprint)
+            .is_some_and(|w| w.config.fingerprint == fingerprint)
     }
 
-    async fn apply(&self, namespace: &str, rendered: &Rendered) -> Result<(), Error> {
+    async fn apply(&self, namespace: &str, rendered: &Arc<Rendered>) -> Result<(), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let secret = desired_secret(&self.secret_name, namespace, rendered);
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -325,7 +337,7 @@ impl Context {
             .await?;
         self.metrics.write("apply");
         if let Some(rv) = written.resource_version() {
-            self.remember(namespace, rv, &rendered.fingerprint);
+            self.remember(namespace, rv, rendered);
         }
         tracing::info!(
             namespace,
@@ -340,17 +352,14 @@ impl Context {
     /// Removes our Secret (only one carrying our label) and our ServiceAccount entries.
     async fn deselect(&self, namespace: &str) -> Result<Outcome, Error> {
         let mut outcome = Outcome::NotSelected;
-        if let Some(existing) = self
-            .cached_secret(namespace)
-            .filter(|s| is_managed(&s.metadata))
-        {
+        if let Some(existing) = self.cached_secret(namespace).filter(|s| s.managed) {
             // Entries first: a ServiceAccount never points at a Secret we already removed.
             self.service_account_entries(namespace, false).await?;
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             // The UID precondition guarantees we delete the Secret we saw, not a newer one.
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
-                    uid: existing.uid(),
+                    uid: existing.uid.clone(),
                     resource_version: None,
                 }),
                 ..DeleteParams::default()
@@ -457,19 +466,6 @@ impl Context {
             Ok(Ok(_))
         )
     }
-
-    /// A periodic re-check as a safety net (it costs nothing when in sync): half the time to the
-    /// token's expiry, between 10 s and 30 min.
-    fn safety_requeue(&self) -> Action {
-        let Some(rendered) = self.desired.borrow().clone() else {
-            return Action::await_change();
-        };
-        let left = rendered
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        Action::requeue((left / 2).clamp(Duration::from_secs(10), Duration::from_secs(1800)))
-    }
 }
 
 /// kube-runtime entry point: the backoff gate around `reconcile_namespace`.
@@ -512,7 +508,10 @@ pub async fn reconcile(
             };
             ctx.metrics.namespace_state(&namespace, state);
             ctx.gate.succeeded(&key);
-            Ok(ctx.safety_requeue())
+            // Every change re-triggers through the watches, a new token through reconcile-all,
+            // and the periodic resync in `run` re-checks everything: nothing to schedule per
+            // namespace (which would hold an entry per namespace in the queue).
+            Ok(Action::await_change())
         }
         Err(error) => {
             let delay = ctx.gate.failed(&key, now, rand::random());
@@ -544,4 +543,54 @@ pub fn error_policy(
     _ctx: Arc<Context>,
 ) -> Action {
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    fn entry(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    #[test]
+    fn slim_namespace_keeps_labels_opt_out_and_deletion() {
+        let mut ns = PartialObjectMeta::<Namespace> {
+            metadata: ObjectMeta {
+                name: Some("team-a".into()),
+                labels: Some(BTreeMap::from([("env".to_string(), "prod".to_string())])),
+                annotations: Some(BTreeMap::from([
+                    (
+                        crate::selection::OPT_OUT_ANNOTATION.to_string(),
+                        "true".to_string(),
+                    ),
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        "x".repeat(4096),
+                    ),
+                ])),
+                managed_fields: Some(vec![entry("kubectl", serde_json::json!({}))]),
+                deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                )),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        };
+        let mut without_selector = ns.clone();
+        slim_namespace(&mut ns, true);
+        assert_eq!(ns.labels().get("env").map(String::as_str), Some("prod"));
+        assert_eq!(ns.annotations().len(), 1);
+        assert!(ns.metadata.managed_fields.is_none());
+        assert!(ns.metadata.deletion_timestamp.is_some());
+        slim_namespace(&mut without_selector, false);
+        assert!(without_selector.labels().is_empty());
+        assert_eq!(without_selector.annotations().len(), 1);
+    }
 }

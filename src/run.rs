@@ -29,9 +29,13 @@ use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, WriteLimiter, WrittenLog};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
+use crate::secret_cache::SecretCache;
 use crate::selection::Selection;
 use crate::token::{self, Backoff, EcrPublicTokenSource, EcrTokenSource, Token};
 use aws_config::identity::IdentityCache;
+
+/// How often every namespace is re-checked regardless of events.
+const RESYNC_PERIOD: Duration = Duration::from_secs(15 * 60);
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     args.validate().map_err(Error::Config)?;
@@ -225,12 +229,15 @@ async fn lead(
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", args.secret_name));
-    let (secret_store, secret_writer) = reflector::store();
+    let secret_cache = SecretCache::default();
     let written: WrittenLog = Arc::default();
     let forget = written.clone();
     let secret_events = watcher(secrets, secret_watch)
         .default_backoff()
-        .reflect(secret_writer)
+        .inspect_ok({
+            let cache = secret_cache.clone();
+            move |event| cache.apply_watcher_event(event)
+        })
         .inspect_ok(move |event| {
             // A deleted Secret must be rewritten, not taken for "written, cache lagging".
             if let watcher::Event::Delete(secret) = event
@@ -260,12 +267,10 @@ async fn lead(
     // One waiter per store; reconciles wait on the channel.
     let (ready_tx, caches_ready) = watch::channel(false);
     tasks.spawn({
-        let secrets = secret_store.clone();
+        let secrets = secret_cache.clone();
         let accounts = account_store.clone();
         async move {
-            if secrets.wait_until_ready().await.is_err() {
-                return;
-            }
+            secrets.wait_until_ready().await;
             if let Some(accounts) = accounts
                 && accounts.wait_until_ready().await.is_err()
             {
@@ -280,7 +285,7 @@ async fn lead(
         selection,
         desired: desired_rx.clone(),
         api_timeout: args.api_timeout,
-        secrets: secret_store,
+        secrets: secret_cache,
         service_accounts: args.service_accounts.clone().zip(account_store),
         adopt_existing: args.adopt_existing,
         limiter: WriteLimiter::new(args.write_qps, args.write_burst),
@@ -296,10 +301,13 @@ async fn lead(
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
     let (namespace_store, namespace_writer) = reflector::store();
+    // Labels matter only to a label selector.
+    let keep_labels = ctx.selection.label_selector_string().is_some();
     // Our own namespace watch (rather than Controller::new's) so the queue-depth gauge sees
     // every trigger, and forgets namespaces deleted before a worker took them.
     let namespace_events = watcher(namespaces, watcher::Config::default())
         .default_backoff()
+        .modify(move |ns| reconcile::slim_namespace(ns, keep_labels))
         .reflect(namespace_writer)
         .inspect_ok({
             let metrics = metrics.clone();
@@ -315,8 +323,14 @@ async fn lead(
     let new_config = futures::stream::unfold(desired_rx, |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
-    })
-    .inspect({
+    });
+    // A safety net against anything a watch could miss: every namespace re-checked from the
+    // caches (no writes when in sync) on one timer, instead of a timer per namespace.
+    let resync = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(RESYNC_PERIOD).await;
+        Some(((), ()))
+    });
+    let reconcile_all = futures::stream::select(new_config, resync).inspect({
         let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
         move |_| {
             for ns in namespaces.state() {
@@ -343,7 +357,7 @@ async fn lead(
             move |secret| in_namespace(secret.namespace())
         })
         .watches_stream(account_events, move |sa| in_namespace(sa.namespace()))
-        .reconcile_all_on(new_config)
+        .reconcile_all_on(reconcile_all)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

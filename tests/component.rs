@@ -14,6 +14,7 @@ use ecr_pull_secrets::reconcile::{
     Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter,
 };
 use ecr_pull_secrets::render::{Rendered, render};
+use ecr_pull_secrets::secret_cache::SecretCache;
 use ecr_pull_secrets::selection::Selection;
 use ecr_pull_secrets::service_account::Targets;
 use ecr_pull_secrets::token::Token;
@@ -59,10 +60,11 @@ fn context(world: World) -> (Context, ApiServer) {
     let client = Client::new(service, "default");
     // A receiver still borrows the last value after its sender is gone.
     let (_, desired) = watch::channel(world.desired);
-    let (secrets, mut writer) = reflector::store();
+    let secrets = SecretCache::default();
     for secret in world.secrets {
-        writer.apply_watcher_event(&watcher::Event::Apply(secret));
+        secrets.apply_watcher_event(&watcher::Event::Apply(secret));
     }
+    secrets.mark_ready();
     let service_accounts = world.accounts.map(|(targets, accounts)| {
         let (store, mut writer) = reflector::store();
         for sa in accounts {

@@ -1,0 +1,724 @@
+//! Scale benchmark on the real control plane (kube-apiserver + etcd + the ECR emulator, started
+//! here through `tests/testenv.sh up`), with the release build of the controller:
+//!
+//!   cargo bench --bench scale -- --namespaces 2000 --json target/scale.json
+//!
+//! It measures, in one run: the write floor (what this API server allows: server-side applies of
+//! an equal Secret by a plain client loop at the controller's concurrency), the controller's cold
+//! start to every namespace holding a valid secret, new-namespace latency, token rotation,
+//! the steady state (writes, lists and requests per minute with nothing changing), the
+//! controller's peak RSS and CPU, AWS calls per refresh, and leader failover after SIGKILL.
+//! It prints a table and writes a JSON report. docs/performance.md explains the method.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config, ResourceExt};
+use serde_json::{Value, json};
+
+const SECRET: &str = "bench-pull";
+const PREFIX: &str = "scale";
+const CONCURRENCY: usize = 16;
+
+#[derive(Parser, Debug)]
+#[command(about = "Scale benchmark of ecr-pull-secrets on the real control plane")]
+struct Args {
+    /// Namespaces to create and serve.
+    #[arg(long, default_value_t = 2000)]
+    namespaces: usize,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// New-namespace latency samples.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Length of the steady-state window.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    steady: Duration,
+    /// cargo bench passes --bench; accepted and ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The test environment started by `tests/testenv.sh up`; stopped when dropped.
+struct TestEnv {
+    vars: BTreeMap<String, String>,
+    dir: String,
+}
+
+impl TestEnv {
+    fn up() -> TestEnv {
+        let script = repo().join("tests/testenv.sh");
+        let out = Command::new(&script)
+            .arg("up")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/testenv.sh up");
+        assert!(
+            out.status.success(),
+            "tests/testenv.sh up failed; run `tests/testenv.sh build` first"
+        );
+        let mut vars = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            else {
+                continue;
+            };
+            let value = if key == "PATH" {
+                let dir = value.trim_end_matches(":\"$PATH\"");
+                format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+            } else {
+                unquote(value)
+            };
+            vars.insert(key.to_string(), value);
+        }
+        let dir = vars["TESTENV_DIR"].clone();
+        TestEnv { vars, dir }
+    }
+
+    fn var(&self, key: &str) -> &str {
+        &self.vars[key]
+    }
+
+    fn set_emulator(&self, control: &Value) {
+        let path = PathBuf::from(self.var("ECR_EMULATOR_CONTROL"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(control).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    fn calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.var("ECR_EMULATOR_LOG"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn controller(&self, name: &str, args: &[&str]) -> Controller {
+        let log = Path::new(&self.dir).join(format!("controller-{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
+            .arg("run")
+            .args(args)
+            .envs(&self.vars)
+            .env("POD_NAME", name)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the controller");
+        Controller {
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/testenv.sh"))
+            .args(["down", &self.dir])
+            .status();
+    }
+}
+
+/// Undoes bash's `printf %q` for the plain values testenv exports.
+fn unquote(value: &str) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '\'' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Controller {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// (RssAnon, RssFile) in KiB: heap and stacks, and the mapped binary's resident pages.
+    fn rss_split(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (kib("RssAnon:"), kib("RssFile:"))
+    }
+
+    /// (peak RSS in KiB, current RSS in KiB, CPU seconds) from /proc.
+    fn usage(&self) -> (u64, u64, f64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let (hwm, rss) = (kib("VmHWM:"), kib("VmRSS:"));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        (hwm, rss, ticks / clock_ticks())
+    }
+
+    fn admin_address(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log.lines().find(|l| l.contains("admin server listening"))?;
+        Some(
+            line.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .to_string(),
+        )
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The password a pull secret carries, if its docker config is valid.
+fn password(secret: &Secret) -> Option<String> {
+    let data = secret.data.as_ref()?.get(".dockerconfigjson")?;
+    let config: Value = serde_json::from_slice(&data.0).ok()?;
+    let auth = config["auths"].as_object()?.values().next()?["auth"].as_str()?;
+    let decoded = String::from_utf8(STANDARD.decode(auth).ok()?).ok()?;
+    let password = decoded.strip_prefix("AWS:")?;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+/// Every change to our pull secrets, with the time it was seen.
+#[derive(Clone, Default)]
+struct Seen {
+    /// namespace -> (password, first seen with it)
+    current: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// When each change (a namespace getting a new password) was seen, in order.
+    log: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Seen {
+    fn start(client: &Client) -> Seen {
+        let seen = Seen::default();
+        let api: Api<Secret> = Api::all(client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={SECRET}"));
+        let current = seen.current.clone();
+        let log = seen.log.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).boxed();
+            while let Some(event) = events.next().await {
+                let now = Instant::now();
+                let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else {
+                    continue;
+                };
+                let (Some(ns), Some(password)) = (s.namespace(), password(&s)) else {
+                    continue;
+                };
+                let mut current = current.lock().unwrap();
+                if current.get(&ns).map(|(p, _)| p) != Some(&password) {
+                    current.insert(ns, (password, now));
+                    log.lock().unwrap().push(now);
+                }
+            }
+        });
+        seen
+    }
+
+    /// Waits until every namespace in `names` holds `password` (any, if None); the latest
+    /// time one of them got it.
+    async fn all(&self, names: &[String], password: Option<&str>, deadline: Duration) -> Instant {
+        let until = Instant::now() + deadline;
+        loop {
+            {
+                let current = self.current.lock().unwrap();
+                let times: Option<Vec<Instant>> = names
+                    .iter()
+                    .map(|n| {
+                        current
+                            .get(n)
+                            .filter(|(p, _)| password.is_none_or(|want| p == want))
+                            .map(|(_, t)| *t)
+                    })
+                    .collect();
+                if let Some(times) = times {
+                    return times.into_iter().max().unwrap_or_else(Instant::now);
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "not every namespace got the secret within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// How many changes were seen so far.
+    fn changes(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// When the first change after the first `seen` changes was seen.
+    fn first_change_after(&self, seen: usize) -> Option<Instant> {
+        self.log.lock().unwrap().get(seen).copied()
+    }
+
+    fn password_in(&self, namespace: &str) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap()
+            .get(namespace)
+            .map(|(p, _)| p.clone())
+    }
+}
+
+async fn create_namespaces(client: &Client, names: &[String]) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let ns = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        ..ObjectMeta::default()
+                    },
+                    ..Namespace::default()
+                };
+                api.create(&PostParams::default(), &ns).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create namespaces");
+}
+
+/// The floor: `names.len()` server-side applies of a Secret the size of ours, at the
+/// controller's concurrency, by a plain client loop.
+async fn floor(client: &Client, names: &[String]) -> Duration {
+    let config = json!({"auths": {"123456789012.dkr.ecr.us-east-1.amazonaws.com": {
+        "auth": STANDARD.encode(format!("AWS:{}", "x".repeat(2200))),
+    }}});
+    let data = serde_json::to_vec(&config).unwrap();
+    let started = Instant::now();
+    futures::stream::iter(names.iter().cloned())
+        .map(|ns| {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bench-floor", "labels": {"app.kubernetes.io/managed-by": "bench"},
+                             "annotations": {"ecr-pull-secrets.io/fingerprint": "0".repeat(64)}},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": STANDARD.encode(&data)},
+            });
+            async move {
+                api.patch("bench-floor", &PatchParams::apply("bench-floor").force(), &Patch::Apply(&secret))
+                    .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("floor writes");
+    started.elapsed()
+}
+
+/// apiserver_request_total summed by (verb, resource), from the API server's own metrics.
+async fn api_requests(client: &Client) -> HashMap<(String, String), f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("apiserver /metrics");
+    let mut sums = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        *sums.entry((label("verb"), label("resource"))).or_default() +=
+            value.parse::<f64>().unwrap_or(0.0);
+    }
+    sums
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(address: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "3"])
+        .arg(format!("http://{address}/metrics"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let n = args.namespaces;
+    eprintln!("scale: starting the test environment");
+    let env = TestEnv::up();
+    let kubeconfig = Kubeconfig::read_from(env.var("KUBECONFIG")).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let controller_namespace = "ecr-pull-secrets-bench";
+    create_namespaces(&client, &[controller_namespace.to_string()]).await;
+
+    let names: Vec<String> = (0..n).map(|i| format!("{PREFIX}-{i:05}")).collect();
+    let started = Instant::now();
+    create_namespaces(&client, &names).await;
+    eprintln!("scale: created {n} namespaces in {:.1?}", started.elapsed());
+
+    let floor_time = floor(&client, &names).await;
+    eprintln!("scale: floor {n} applies in {floor_time:.2?}");
+
+    // The first token lives long enough for the cold start to finish well before its refresh.
+    let first_ttl = (floor_time.as_secs_f64() * 6.0).max(60.0).ceil() as u64;
+    env.set_emulator(&json!({ "ttl_seconds": first_ttl }));
+    let seen = Seen::start(&client);
+    let calls_before = env.calls().len();
+    let common = [
+        "--secret-name",
+        SECRET,
+        "--target-namespaces",
+        &format!("{PREFIX}-*"),
+        "--namespace",
+        controller_namespace,
+        "--lease-name",
+        "bench",
+        "--admin-address",
+        "127.0.0.1:0",
+        "--write-qps",
+        "100000",
+        "--write-burst",
+        "100000",
+        "--concurrency",
+        "16",
+        "--refresh-fraction",
+        "0.5",
+    ];
+    let cold_started = Instant::now();
+    let mut leader = env.controller("leader", &common);
+    let done = seen.all(&names, None, Duration::from_secs(600)).await;
+    let cold_start = done.duration_since(cold_started);
+    eprintln!("scale: cold start {cold_start:.2?}");
+    // A follower, for failover at the end (and as the no-cache baseline for memory).
+    let follower = env.controller("follower", &common);
+    // Later tokens live 12 h: after the rotation nothing changes.
+    env.set_emulator(&json!({}));
+
+    // New-namespace latency, one at a time.
+    let mut latencies = Vec::new();
+    let api: Api<Namespace> = Api::all(client.clone());
+    for i in 0..args.samples {
+        let name = format!("{PREFIX}-new-{i:04}");
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = Instant::now();
+        api.create(&PostParams::default(), &ns).await.unwrap();
+        let got = seen
+            .all(std::slice::from_ref(&name), None, Duration::from_secs(30))
+            .await;
+        latencies.push(got.saturating_duration_since(created).as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    eprintln!("scale: new namespace p50 {p50:.1} ms, p99 {p99:.1} ms");
+    let mut all_names = names.clone();
+    all_names.extend((0..args.samples).map(|i| format!("{PREFIX}-new-{i:04}")));
+
+    // Rotation: the refresh at about half the first token's lifetime.
+    let old = seen.password_in(&names[0]).unwrap();
+    let until = Instant::now() + Duration::from_secs(first_ttl + 60);
+    let rotation_call = loop {
+        let calls = env.calls();
+        if let Some(call) = calls[calls_before..]
+            .iter()
+            .skip(1)
+            .find(|c| c["outcome"] == "ok")
+        {
+            break call.clone();
+        }
+        assert!(Instant::now() < until, "no token refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let fetched_at =
+        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(rotation_call["time"].as_f64().unwrap());
+    // The new password: whatever the first namespace changes to.
+    let new = loop {
+        match seen.password_in(&names[0]) {
+            Some(p) if p != old => break p,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let rotated = seen
+        .all(&all_names, Some(&new), Duration::from_secs(600))
+        .await;
+    let rotation = (SystemTime::now() - rotated.elapsed())
+        .duration_since(fetched_at)
+        .unwrap_or_default();
+    let regions = 1.0;
+    let aws_calls_per_refresh = (env.calls().len() - calls_before - 1) as f64 / regions;
+    eprintln!("scale: rotation {rotation:.2?}, AWS calls per refresh {aws_calls_per_refresh}");
+
+    // Steady state: nothing changes for a while.
+    let address = leader.admin_address().expect("the leader's admin address");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (scrape(&address).await, api_requests(&client).await);
+    let window = Instant::now();
+    tokio::time::sleep(args.steady).await;
+    let after = (scrape(&address).await, api_requests(&client).await);
+    let minutes = window.elapsed().as_secs_f64() / 60.0;
+    let writes = metric(&after.0, "ecr_pull_secrets_writes_total")
+        - metric(&before.0, "ecr_pull_secrets_writes_total");
+    let delta = |f: &dyn Fn(&(String, String)) -> bool| -> f64 {
+        after
+            .1
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(k, v)| v - before.1.get(k).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / minutes
+    };
+    let ours: HashSet<&str> = ["secrets", "namespaces", "serviceaccounts"].into();
+    let steady_writes = writes / minutes;
+    let steady_lists =
+        delta(&|(verb, resource)| verb == "LIST" && ours.contains(resource.as_str()));
+    let steady_requests =
+        delta(&|(verb, resource)| ours.contains(resource.as_str()) && verb != "WATCH");
+    let lease_requests = delta(&|(_, resource)| resource == "leases");
+    eprintln!("scale: steady {steady_writes:.1} writes/min, {steady_lists:.1} lists/min");
+
+    let (leader_hwm, leader_rss, cpu) = leader.usage();
+    let (follower_hwm, _, _) = follower.usage();
+    let (leader_anon, leader_file) = leader.rss_split();
+    let (follower_anon, follower_file) = follower.rss_split();
+    let peak_rss_mib = leader_hwm as f64 / 1024.0;
+    let growth_kib = (leader_hwm as f64 - follower_hwm as f64) / all_names.len() as f64;
+
+    // Failover: SIGKILL the leader, create a namespace; time until the new leader's first write
+    // (writes resume), and until it has served the new namespace.
+    let writes_seen = seen.changes();
+    leader.kill();
+    let killed = Instant::now();
+    let name = format!("{PREFIX}-failover");
+    api.create(
+        &PostParams::default(),
+        &Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        },
+    )
+    .await
+    .unwrap();
+    let written = seen
+        .all(std::slice::from_ref(&name), None, Duration::from_secs(60))
+        .await;
+    let served = written.duration_since(killed);
+    let failover = seen
+        .first_change_after(writes_seen)
+        .map_or(served, |t| t.duration_since(killed));
+    drop(follower);
+
+    let report = json!({
+        "namespaces": n,
+        "cold_start_seconds": cold_start.as_secs_f64(),
+        "floor_seconds": floor_time.as_secs_f64(),
+        "cold_start_ratio": cold_start.as_secs_f64() / floor_time.as_secs_f64(),
+        "new_namespace_p50_ms": p50,
+        "new_namespace_p99_ms": p99,
+        "rotation_seconds": rotation.as_secs_f64(),
+        "rotation_ratio": rotation.as_secs_f64() / (floor_time.as_secs_f64() * all_names.len() as f64 / n as f64),
+        "steady_writes_per_minute": steady_writes,
+        "steady_lists_per_minute": steady_lists,
+        "steady_api_requests_per_minute": steady_requests,
+        "steady_lease_requests_per_minute": lease_requests,
+        "peak_rss_mib": peak_rss_mib,
+        "steady_rss_mib": leader_rss as f64 / 1024.0,
+        "baseline_rss_mib": follower_hwm as f64 / 1024.0,
+        "leader_rss_anon_mib": leader_anon as f64 / 1024.0,
+        "leader_rss_file_mib": leader_file as f64 / 1024.0,
+        "follower_rss_anon_mib": follower_anon as f64 / 1024.0,
+        "follower_rss_file_mib": follower_file as f64 / 1024.0,
+        "rss_growth_kib_per_namespace": growth_kib,
+        "cpu_seconds": cpu,
+        "aws_calls_per_refresh": aws_calls_per_refresh,
+        "failover_seconds": failover.as_secs_f64(),
+        "failover_new_namespace_seconds": served.as_secs_f64(),
+    });
+    let rows = [
+        ("namespaces", format!("{n}"), ""),
+        (
+            "floor (plain client, SSA x N)",
+            format!("{:.2} s", floor_time.as_secs_f64()),
+            "",
+        ),
+        (
+            "cold start to all valid",
+            format!("{:.2} s", cold_start.as_secs_f64()),
+            "",
+        ),
+        (
+            "cold start / floor",
+            format!("{:.2}", report["cold_start_ratio"].as_f64().unwrap()),
+            "<= 1.3",
+        ),
+        ("new namespace p50", format!("{p50:.1} ms"), "<= 30 ms"),
+        ("new namespace p99", format!("{p99:.1} ms"), "<= 100 ms"),
+        (
+            "rotation to all",
+            format!("{:.2} s", rotation.as_secs_f64()),
+            "",
+        ),
+        (
+            "rotation / floor",
+            format!("{:.2}", report["rotation_ratio"].as_f64().unwrap()),
+            "<= 1.3",
+        ),
+        ("steady writes / min", format!("{steady_writes:.1}"), "0"),
+        ("steady lists / min", format!("{steady_lists:.1}"), "0"),
+        (
+            "steady requests / min (secrets, namespaces)",
+            format!("{steady_requests:.1}"),
+            "",
+        ),
+        (
+            "lease requests / min (all clients)",
+            format!("{lease_requests:.1}"),
+            "",
+        ),
+        (
+            "peak RSS",
+            format!("{peak_rss_mib:.1} MiB"),
+            "<= 40 MiB at 10,000",
+        ),
+        (
+            "RSS in the steady state",
+            format!("{:.1} MiB", leader_rss as f64 / 1024.0),
+            "",
+        ),
+        (
+            "RSS growth per namespace",
+            format!("{growth_kib:.2} KiB"),
+            "",
+        ),
+        ("CPU", format!("{cpu:.2} s"), ""),
+        (
+            "AWS calls per refresh",
+            format!("{aws_calls_per_refresh}"),
+            "= regions (1)",
+        ),
+        (
+            "failover: writes resume after SIGKILL",
+            format!("{:.2} s", failover.as_secs_f64()),
+            "",
+        ),
+        (
+            "failover: new namespace served",
+            format!("{:.2} s", served.as_secs_f64()),
+            "",
+        ),
+    ];
+    println!("\n{:<46} {:>14}  target", "measure", "value");
+    for (name, value, target) in rows {
+        println!("{name:<46} {value:>14}  {target}");
+    }
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("\n{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, text + "\n").expect("write the JSON report");
+        eprintln!("scale: report written to {}", path.display());
+    }
+}
