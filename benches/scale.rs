@@ -151,6 +151,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A process's peak and current RSS, its anonymous (heap, stacks) and file-backed (the mapped
+/// binary) parts, all in KiB, and its CPU time.
+struct Usage {
+    peak: u64,
+    rss: u64,
+    anon: u64,
+    file: u64,
+    cpu_seconds: f64,
+}
+
 struct Controller {
     child: Option<Child>,
     log: PathBuf,
@@ -161,22 +171,8 @@ impl Controller {
         self.child.as_ref().unwrap().id()
     }
 
-    /// (RssAnon, RssFile) in KiB: heap and stacks, and the mapped binary's resident pages.
-    fn rss_split(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kib = |field: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (kib("RssAnon:"), kib("RssFile:"))
-    }
-
-    /// (peak RSS in KiB, current RSS in KiB, CPU seconds) from /proc.
-    fn usage(&self) -> (u64, u64, f64) {
+    /// Memory and CPU from /proc: sizes in KiB.
+    fn usage(&self) -> Usage {
         let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib = |field: &str| -> u64 {
@@ -186,7 +182,6 @@ impl Controller {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
-        let (hwm, rss) = (kib("VmHWM:"), kib("VmRSS:"));
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
         let fields: Vec<&str> = stat
@@ -197,7 +192,13 @@ impl Controller {
             .get(11..13)
             .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
             .unwrap_or(0.0);
-        (hwm, rss, ticks / clock_ticks())
+        Usage {
+            peak: kib("VmHWM:"),
+            rss: kib("VmRSS:"),
+            anon: kib("RssAnon:"),
+            file: kib("RssFile:"),
+            cpu_seconds: ticks / clock_ticks(),
+        }
     }
 
     fn admin_address(&self) -> Option<String> {
@@ -578,10 +579,9 @@ async fn main() {
     let lease_requests = delta(&|(_, resource)| resource == "leases");
     eprintln!("scale: steady {steady_writes:.1} writes/min, {steady_lists:.1} lists/min");
 
-    let (leader_hwm, leader_rss, cpu) = leader.usage();
-    let (follower_hwm, _, _) = follower.usage();
-    let (leader_anon, leader_file) = leader.rss_split();
-    let (follower_anon, follower_file) = follower.rss_split();
+    let (lead, follow) = (leader.usage(), follower.usage());
+    let (leader_hwm, leader_rss, cpu) = (lead.peak, lead.rss, lead.cpu_seconds);
+    let follower_hwm = follow.peak;
     let peak_rss_mib = leader_hwm as f64 / 1024.0;
     let growth_kib = (leader_hwm as f64 - follower_hwm as f64) / all_names.len() as f64;
 
@@ -628,10 +628,10 @@ async fn main() {
         "peak_rss_mib": peak_rss_mib,
         "steady_rss_mib": leader_rss as f64 / 1024.0,
         "baseline_rss_mib": follower_hwm as f64 / 1024.0,
-        "leader_rss_anon_mib": leader_anon as f64 / 1024.0,
-        "leader_rss_file_mib": leader_file as f64 / 1024.0,
-        "follower_rss_anon_mib": follower_anon as f64 / 1024.0,
-        "follower_rss_file_mib": follower_file as f64 / 1024.0,
+        "leader_rss_anon_mib": lead.anon as f64 / 1024.0,
+        "leader_rss_file_mib": lead.file as f64 / 1024.0,
+        "follower_rss_anon_mib": follow.anon as f64 / 1024.0,
+        "follower_rss_file_mib": follow.file as f64 / 1024.0,
         "rss_growth_kib_per_namespace": growth_kib,
         "cpu_seconds": cpu,
         "aws_calls_per_refresh": aws_calls_per_refresh,

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -319,39 +318,6 @@ async fn aws_faults_fail_with_the_permission_or_the_keys_to_fix() {
     env.set_emulator(&json!({}));
 }
 
-/// A kubeconfig for ServiceAccount `namespace/name`: the admin kubeconfig's cluster, a token.
-fn service_account_kubeconfig(dir: &Path, namespace: &str, name: &str) -> PathBuf {
-    let out = Command::new("kubectl")
-        .args(["create", "token", name, "-n", namespace, "--duration", "1h"])
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
-    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    let field = |key: &str| {
-        admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .unwrap()
-            .to_string()
-    };
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
-         users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context:\n    cluster: testenv\n    user: sa\n    namespace: {namespace}\n\
-         current-context: sa\n",
-        field("server: "),
-        field("certificate-authority-data: "),
-        token.trim()
-    );
-    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_pass() {
     let Some(env) = testenv() else { return };
@@ -415,16 +381,8 @@ async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_p
     );
 
     // The shipped roles, for the shipped ServiceAccount: everything passes.
-    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/common.yaml");
-    let applied = Command::new("kubectl")
-        .args(["apply", "--server-side", "-f", deploy.to_str().unwrap()])
-        .output()
-        .expect("kubectl");
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let deploy = repo().join("deploy/common.yaml");
+    kubectl(&["apply", "--server-side", "-f", deploy.to_str().unwrap()]);
     put_credentials(
         &client,
         "ecr-pull-secrets",

@@ -4,72 +4,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
 use support::*;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A kubeconfig for the shipped ServiceAccount: the admin kubeconfig's cluster, a token user.
-fn service_account_kubeconfig(dir: &Path) -> PathBuf {
-    let token = kubectl(&[
-        "create",
-        "token",
-        "ecr-pull-secrets",
-        "-n",
-        "ecr-pull-secrets",
-        "--duration",
-        "1h",
-    ]);
-    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap();
-    let ca = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-        .unwrap();
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: controller\n  user:\n    token: {}\ncontexts:\n- name: controller\n  context:\n    cluster: testenv\n    user: controller\n    namespace: ecr-pull-secrets\n\
-         current-context: controller\n",
-        token.trim()
-    );
-    let path = dir.join("ecr-pull-secrets-sa.kubeconfig");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-async fn client_from(path: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
 
 fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
     match result {
@@ -126,7 +66,7 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let others: Api<Secret> = Api::namespaced(admin.clone(), &a);
     create_foreign_secret(&admin, &a, "not-ours", Default::default()).await;
 
-    let kubeconfig = service_account_kubeconfig(&env.dir);
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
     let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();
     let controller = env.controller_with_env(
         &p,

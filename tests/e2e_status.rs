@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -358,55 +357,6 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
     delete_namespaces(&client, &[a, b, skip, optout, gone, foreign]).await;
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A kubeconfig for the shipped ServiceAccount (as in e2e_rbac): the admin kubeconfig's
-/// cluster, a token user.
-fn service_account_kubeconfig(dir: &Path, name: &str) -> PathBuf {
-    let token = kubectl(&[
-        "create",
-        "token",
-        "ecr-pull-secrets",
-        "-n",
-        "ecr-pull-secrets",
-        "--duration",
-        "1h",
-    ]);
-    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
-    let field = |key: &str| {
-        admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .unwrap()
-            .to_string()
-    };
-    let (server, ca) = (field("server: "), field("certificate-authority-data: "));
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-         users:\n- name: controller\n  user:\n    token: {}\ncontexts:\n- name: controller\n  context:\n    cluster: testenv\n    user: controller\n    namespace: ecr-pull-secrets\n\
-         current-context: controller\n",
-        token.trim()
-    );
-    let path = dir.join(format!("{name}-sa.kubeconfig"));
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn status_needs_no_more_than_the_shipped_rbac_and_a_refusal_names_the_permission() {
     let Some(env) = testenv() else { return };
@@ -445,7 +395,7 @@ async fn status_needs_no_more_than_the_shipped_rbac_and_a_refusal_names_the_perm
     ];
 
     // Bound only by the shipped roles: every read passes (the Lease may or may not exist).
-    let kubeconfig = service_account_kubeconfig(&env.dir, &p);
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
     let as_controller = [("KUBECONFIG", kubeconfig.to_str().unwrap())];
     let run = status(&args, &as_controller);
     assert_eq!(run.code, 3, "{}", run.stderr);

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -584,4 +584,60 @@ pub fn decode(secret: &Secret) -> PullSecret {
         expires_at: humantime::parse_rfc3339(&expires).expect("expires-at annotation"),
         resource_version: secret.resource_version().unwrap_or_default(),
     }
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs kubectl (the testenv's, on PATH); its stdout, or a panic with its stderr.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A kubeconfig for ServiceAccount `namespace/name`: the admin kubeconfig's cluster and a token
+/// from `kubectl create token`, so the holder is bound only by that account's RBAC.
+pub fn service_account_kubeconfig(dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    let token = kubectl(&["create", "token", name, "-n", namespace, "--duration", "1h"]);
+    let admin = std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap();
+    let field = |key: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .to_string()
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+         users:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context:\n    cluster: testenv\n    user: sa\n    namespace: {namespace}\n\
+         current-context: sa\n",
+        field("server: "),
+        field("certificate-authority-data: "),
+        token.trim()
+    );
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
 }
