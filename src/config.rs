@@ -36,6 +36,8 @@ pub enum Command {
     /// conflicts, and who leads. Read-only; pass the selection flags given to `run`.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(StatusArgs),
+    /// Print the EcrPullSecret CustomResourceDefinition (YAML), for `kubectl apply -f -`.
+    Crd,
     /// Check the configuration, the cluster permissions and AWS access without changing
     /// anything: fetches one token per identity and prints its hosts and expiry (never the
     /// token). Takes `run`'s flags; exit code 0 only when every check passes.
@@ -293,6 +295,17 @@ pub struct RunArgs {
     )]
     pub role_session_name: String,
 
+    /// Also refresh at most this long after each fetch, whatever the token's lifetime (e.g. 6h;
+    /// the edenlab operator's `frequency`). Default: no bound.
+    #[arg(long, env = "ECR_PULL_SECRETS_MAX_REFRESH_INTERVAL", value_parser = parse_duration)]
+    pub max_refresh_interval: Option<Duration>,
+
+    /// Also keep the secrets of every EcrPullSecret resource (the CRD, deploy/crd/), each
+    /// with its own registries, credentials and namespaces. Without --registry or --region,
+    /// only the resources are served.
+    #[arg(long, env = "ECR_PULL_SECRETS_RESOURCES")]
+    pub resources: bool,
+
     /// Refresh at least this long before the token expires (e.g. 1h, 30m).
     #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_duration)]
     pub refresh_margin: Duration,
@@ -357,12 +370,14 @@ impl RunArgs {
         }
         if self.registries.is_empty()
             && !(self.ecr_public && self.region.as_deref().unwrap_or("").is_empty())
+            && !(self.resources && self.region.as_deref().unwrap_or("").is_empty())
         {
             match self.region.as_deref() {
                 None | Some("") => {
                     return Err(
                         "no registry and no region: name registries with --registry \
-                         (ECR_PULL_SECRETS_REGISTRIES) or set --region / AWS_REGION"
+                         (ECR_PULL_SECRETS_REGISTRIES), set --region / AWS_REGION, or serve \
+                         EcrPullSecret resources only with --resources"
                             .into(),
                     );
                 }
@@ -428,6 +443,7 @@ impl RunArgs {
         RefreshPolicy {
             margin: self.refresh_margin,
             fraction: self.refresh_fraction,
+            max_interval: self.max_refresh_interval,
             ..RefreshPolicy::default()
         }
     }

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod check;
 pub mod cleanup;
 pub mod config;
+pub mod crd;
 pub mod credentials;
 pub mod events;
 pub mod leader;

@@ -35,6 +35,10 @@ async fn main() -> ExitCode {
         Command::Status(args) => ecr_pull_secrets::status::status(&args)
             .await
             .map(|report| ExitCode::from(report.exit_code())),
+        Command::Crd => {
+            print!("{}", ecr_pull_secrets::crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
         // The report on stdout is the whole answer; its exit code says whether all passed.
         Command::Check(args) => Ok(if ecr_pull_secrets::check::check(&args).await {
             ExitCode::SUCCESS

@@ -161,6 +161,8 @@ pub struct RefreshPolicy {
     /// Refresh up to this fraction of the lead earlier, at random, so replicas and identities
     /// do not all call AWS in the same second.
     pub jitter: f64,
+    /// Refresh at most this long after the fetch, whatever the lifetime (`--max-refresh-interval`).
+    pub max_interval: Option<Duration>,
 }
 
 impl Default for RefreshPolicy {
@@ -169,6 +171,7 @@ impl Default for RefreshPolicy {
             margin: Duration::from_secs(3600),
             fraction: 0.5,
             jitter: 0.1,
+            max_interval: None,
         }
     }
 }
@@ -186,7 +189,11 @@ impl RefreshPolicy {
         }
         let lead = lead + lead.mul_f64(self.jitter * random.clamp(0.0, 1.0));
         let lead = lead.min(lifetime);
-        token.expires_at - lead
+        let by_lifetime = token.expires_at - lead;
+        match self.max_interval {
+            Some(max) => by_lifetime.min(token.fetched_at + max),
+            None => by_lifetime,
+        }
     }
 }
 
@@ -612,6 +619,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn max_interval_bounds_the_refresh() {
+        let token = token_at("us-east-1", "p", t0(), Duration::from_secs(12 * 3600));
+        let policy = |max| RefreshPolicy {
+            max_interval: Some(Duration::from_secs(max)),
+            ..RefreshPolicy::default()
+        };
+        // Earlier than half the lifetime: the bound wins.
+        assert_eq!(
+            policy(3600).refresh_at(&token, 0.0),
+            t0() + Duration::from_secs(3600)
+        );
+        // Later: the lifetime rule wins; the bound never delays a refresh.
+        assert_eq!(
+            policy(10 * 3600).refresh_at(&token, 0.0),
+            t0() + Duration::from_secs(6 * 3600)
+        );
+    }
+
+    #[test]
     fn refresh_at_table() {
         let h = |h: u64| Duration::from_secs(h * 3600);
         let s = Duration::from_secs;
@@ -631,6 +657,7 @@ pub(crate) mod tests {
                 margin,
                 fraction,
                 jitter: 0.1,
+                max_interval: None,
             };
             assert_eq!(
                 policy.refresh_at(&token, 0.0),
@@ -819,6 +846,7 @@ pub(crate) mod tests {
             margin: Duration::ZERO,
             fraction: 0.5,
             jitter: 0.0,
+            max_interval: None,
         };
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let task = tokio::spawn(keep_fresh(source, policy, Backoff::default(), tx, metrics));
