@@ -6,6 +6,9 @@
 //! refused at `kubectl apply` with a readable message; [`EcrPullSecretSpec::to_run_args`]
 //! checks the rest (globs, the label selector) and the resource's status names any problem.
 
+// Several printer columns repeat `type_ = "string"`; clippy takes that for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
