@@ -50,6 +50,28 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
 }
 
 pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
+    remove(
+        client,
+        &args.secret_name,
+        None,
+        args.dry_run,
+        args.api_timeout,
+        true,
+    )
+    .await
+}
+
+/// Removes our entry `secret_name` from every ServiceAccount (when `service_accounts`), then
+/// every Secret named `secret_name` that carries our managed label and, with `owner`, that
+/// EcrPullSecret's owner label. Without `owner` every managed Secret of that name goes.
+pub async fn remove(
+    client: &Client,
+    secret_name: &str,
+    owner: Option<&str>,
+    dry_run: bool,
+    api_timeout: std::time::Duration,
+    service_accounts: bool,
+) -> Result<Report, Error> {
     let kube_err = |context: &str| {
         let context = context.to_string();
         move |source| Error::Kube { context, source }
@@ -58,12 +80,17 @@ pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report,
 
     // ServiceAccount entries first, so no ServiceAccount points at a removed Secret.
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
-    let list = accounts
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing ServiceAccounts"))?;
-    for sa in list.items {
-        if service_account::with_entry(sa.image_pull_secrets.as_deref(), &args.secret_name, false)
+    let list = if service_accounts {
+        accounts
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("listing ServiceAccounts"))?
+            .items
+    } else {
+        Vec::new()
+    };
+    for sa in list {
+        if service_account::with_entry(sa.image_pull_secrets.as_deref(), secret_name, false)
             .is_none()
         {
             continue;
@@ -73,16 +100,19 @@ pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report,
             sa.namespace().unwrap_or_default(),
             sa.name_any()
         ));
-        if !args.dry_run {
-            service_account::set_entry(client, sa, &args.secret_name, false, args.api_timeout)
-                .await?;
+        if !dry_run {
+            service_account::set_entry(client, sa, secret_name, false, api_timeout).await?;
         }
     }
 
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+    let mut labels = format!("{MANAGED_LABEL}={MANAGED_VALUE}");
+    if let Some(owner) = owner {
+        labels.push_str(&format!(",{}={owner}", crate::crd::OWNER_LABEL));
+    }
     let params = ListParams::default()
-        .fields(&format!("metadata.name={}", args.secret_name))
-        .labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+        .fields(&format!("metadata.name={secret_name}"))
+        .labels(&labels);
     let list = secrets
         .list_metadata(&params)
         .await
@@ -92,7 +122,7 @@ pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report,
         report
             .secrets
             .push(format!("{namespace}/{}", secret.name_any()));
-        if args.dry_run {
+        if dry_run {
             continue;
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -103,7 +133,14 @@ pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report,
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&secret.name_any(), &params).await {
+        match tokio::time::timeout(api_timeout, api.delete(&secret.name_any(), &params))
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "deleting Secret {namespace}/{} took longer than {api_timeout:?}",
+                    secret.name_any()
+                ))
+            })? {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(source) => {

@@ -403,6 +403,14 @@ impl RunArgs {
         Ok(())
     }
 
+    /// Whether the flags configure a secret of their own (an implicit resource): a registry,
+    /// a region or ECR Public. With --resources alone they do not.
+    pub fn configures_secret(&self) -> bool {
+        !self.registries.is_empty()
+            || self.region.as_deref().is_some_and(|r| !r.is_empty())
+            || self.ecr_public
+    }
+
     /// Regions to fetch a token for: those of the configured registries, else --region.
     pub fn regions(&self) -> Vec<String> {
         let mut regions: Vec<String> = if self.registries.is_empty() {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod registry;
 pub mod render;
+pub mod resources;
 pub mod run;
 pub mod secret_cache;
 pub mod selection;
@@ -43,6 +44,8 @@ pub enum Error {
     Conflict(String),
     #[error("lost leadership: {0}")]
     LostLeadership(String),
+    #[error("EcrPullSecret: {0}")]
+    Resource(String),
 }
 
 impl Error {
@@ -55,6 +58,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::Conflict(_) => "conflict",
             Error::LostLeadership(_) => "lost_leadership",
+            Error::Resource(_) => "resource",
         }
     }
 }

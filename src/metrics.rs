@@ -1,6 +1,6 @@
 //! Prometheus metrics (OpenMetrics text), served on `/metrics` by every replica.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -54,11 +54,45 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// The metrics of one configuration: the flag-configured one, or one EcrPullSecret
+/// ([`Metrics::for_resource`]). All share one registry; per-namespace bookkeeping and token
+/// health are per configuration, and a resource's token series carry its name in `identity`.
 pub struct Metrics {
-    registry: Registry,
-    namespaces: Family<StateLabels, Gauge>,
+    families: std::sync::Arc<Families>,
+    /// `None` for the flag-configured controller, else the EcrPullSecret's name.
+    resource: Option<String>,
     /// Each namespace's last state, so the per-state gauges stay exact (no per-namespace series).
     states: Mutex<HashMap<String, &'static str>>,
+    /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
+    queued: Mutex<HashSet<String>>,
+    /// Per identity (region or ecr-public): what the resource's status reports.
+    tokens: Mutex<BTreeMap<String, TokenHealth>>,
+    /// The latest problem not shown by the counts (a refused watch or write, credentials that
+    /// cannot be loaded), and when the configuration last made progress.
+    problem: Mutex<(Option<Problem>, Option<std::time::SystemTime>)>,
+}
+
+/// Something a human must fix, for a resource's status: a condition reason and a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+    pub at: std::time::SystemTime,
+}
+
+/// The latest token fetch outcome of one identity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenHealth {
+    pub expires_at: Option<std::time::SystemTime>,
+    pub last_refresh: Option<std::time::SystemTime>,
+    pub consecutive_failures: u32,
+    /// The last error, while the latest fetch failed (AWS's message; never a credential).
+    pub last_error: Option<String>,
+}
+
+struct Families {
+    registry: Registry,
+    namespaces: Family<StateLabels, Gauge>,
     leader: Gauge,
     leadership_transitions: Counter,
     token_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
@@ -70,8 +104,6 @@ pub struct Metrics {
     reconcile_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     limiter_wait: Histogram,
     queue_depth: Gauge,
-    /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
-    queued: Mutex<HashSet<String>>,
 }
 
 /// 1 ms to about 16 s: a reconcile is one cache read, or a write or two.
@@ -176,10 +208,9 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1);
-        Metrics {
+        let families = Families {
             registry,
             namespaces,
-            states: Mutex::new(HashMap::new()),
             leader,
             leadership_transitions,
             token_expiry,
@@ -191,51 +222,182 @@ impl Metrics {
             reconcile_duration,
             limiter_wait,
             queue_depth,
+        };
+        Metrics::scoped(std::sync::Arc::new(families), None)
+    }
+
+    fn scoped(families: std::sync::Arc<Families>, resource: Option<String>) -> Metrics {
+        Metrics {
+            families,
+            resource,
+            states: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
+            tokens: Mutex::new(BTreeMap::new()),
+            problem: Mutex::new((None, None)),
+        }
+    }
+
+    /// Records a problem (reason is a condition reason such as `Forbidden`).
+    pub fn problem(&self, reason: &'static str, message: String) {
+        self.problem.lock().expect("problem lock").0 = Some(Problem {
+            reason,
+            message,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// The latest problem, unless the configuration made progress (a token fetched, a namespace
+    /// synced) after it.
+    pub fn current_problem(&self) -> Option<Problem> {
+        let guard = self.problem.lock().expect("problem lock");
+        match &guard.0 {
+            Some(problem) if guard.1.is_none_or(|progress| progress <= problem.at) => {
+                Some(problem.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn progressed(&self) {
+        self.problem.lock().expect("problem lock").1 = Some(std::time::SystemTime::now());
+    }
+
+    /// The metrics of EcrPullSecret `name`: the same registry, its own bookkeeping.
+    pub fn for_resource(&self, name: &str) -> Metrics {
+        Metrics::scoped(self.families.clone(), Some(name.to_string()))
+    }
+
+    /// The `identity` label: the region (or ecr-public), prefixed with the resource's name.
+    fn identity(&self, identity: &str) -> String {
+        match &self.resource {
+            Some(resource) => format!("{resource}/{identity}"),
+            None => identity.to_string(),
+        }
+    }
+
+    /// Token health per identity, for the resource's status.
+    pub fn token_health(&self) -> BTreeMap<String, TokenHealth> {
+        self.tokens.lock().expect("tokens lock").clone()
+    }
+
+    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`).
+    pub fn state_counts(&self) -> BTreeMap<&'static str, u32> {
+        let mut counts = BTreeMap::new();
+        for state in self.states.lock().expect("states lock").values() {
+            *counts.entry(*state).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Takes this configuration's namespaces out of the gauges and drops its token series:
+    /// called when a resource is deleted or restarted with a new spec.
+    pub fn forget(&self) {
+        let states: Vec<String> = self
+            .states
+            .lock()
+            .expect("states lock")
+            .keys()
+            .cloned()
+            .collect();
+        for name in states {
+            self.namespace_state(&name, None);
+        }
+        let queued: Vec<String> = self
+            .queued
+            .lock()
+            .expect("queued lock")
+            .iter()
+            .cloned()
+            .collect();
+        for name in queued {
+            self.dequeued(&name);
+        }
+        let identities: Vec<String> =
+            std::mem::take(&mut *self.tokens.lock().expect("tokens lock"))
+                .into_keys()
+                .collect();
+        let f = &self.families;
+        for identity in identities {
+            let identity = self.identity(&identity);
+            let labels = IdentityLabels {
+                identity: identity.clone(),
+            };
+            f.token_expiry.remove(&labels);
+            f.last_refresh.remove(&labels);
+            f.consecutive_failures.remove(&labels);
+            for class in ["transient", "configuration"] {
+                f.refresh_failures.remove(&FailureLabels {
+                    identity: identity.clone(),
+                    class: class.to_string(),
+                });
+            }
+            for outcome in ["ok", "transient", "configuration"] {
+                f.aws_calls.remove(&AwsCallLabels {
+                    identity: identity.clone(),
+                    outcome: outcome.to_string(),
+                });
+            }
         }
     }
 
     pub fn leadership_acquired(&self) {
-        self.leader.set(1);
-        self.leadership_transitions.inc();
+        self.families.leader.set(1);
+        self.families.leadership_transitions.inc();
     }
 
     pub fn leadership_lost(&self) {
-        self.leader.set(0);
-        self.leadership_transitions.inc();
+        self.families.leader.set(0);
+        self.families.leadership_transitions.inc();
     }
 
     /// A successful fetch: expiry, refresh time, and the failure streak reset.
     pub fn token_fetched(&self, identity: &str, expires_at: std::time::SystemTime) {
+        let now = std::time::SystemTime::now();
         let labels = IdentityLabels {
-            identity: identity.to_string(),
+            identity: self.identity(identity),
         };
-        self.token_expiry
+        let f = &self.families;
+        f.token_expiry
             .get_or_create(&labels)
             .set(unix_seconds(expires_at));
-        self.last_refresh
-            .get_or_create(&labels)
-            .set(unix_seconds(std::time::SystemTime::now()));
-        self.consecutive_failures.get_or_create(&labels).set(0);
+        f.last_refresh.get_or_create(&labels).set(unix_seconds(now));
+        f.consecutive_failures.get_or_create(&labels).set(0);
+        self.progressed();
+        self.tokens.lock().expect("tokens lock").insert(
+            identity.to_string(),
+            TokenHealth {
+                expires_at: Some(expires_at),
+                last_refresh: Some(now),
+                consecutive_failures: 0,
+                last_error: None,
+            },
+        );
     }
 
-    /// A failed fetch of class `class` (`transient` or `configuration`).
-    pub fn token_fetch_failed(&self, identity: &str, class: &str) {
-        self.refresh_failures
+    /// A failed fetch of class `class` (`transient` or `configuration`); `message` says why
+    /// (shown in a resource's status).
+    pub fn token_fetch_failed(&self, identity: &str, class: &str, message: &str) {
+        let f = &self.families;
+        f.refresh_failures
             .get_or_create(&FailureLabels {
-                identity: identity.to_string(),
+                identity: self.identity(identity),
                 class: class.to_string(),
             })
             .inc();
-        self.consecutive_failures
+        f.consecutive_failures
             .get_or_create(&IdentityLabels {
-                identity: identity.to_string(),
+                identity: self.identity(identity),
             })
             .inc();
+        let mut tokens = self.tokens.lock().expect("tokens lock");
+        let health = tokens.entry(identity.to_string()).or_default();
+        health.consecutive_failures += 1;
+        health.last_error = Some(message.to_string());
     }
 
     pub fn reconciled(&self, outcome: &str, took: std::time::Duration) {
-        self.reconcile_duration
+        self.families
+            .reconcile_duration
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             })
@@ -243,37 +405,42 @@ impl Metrics {
     }
 
     pub fn limiter_waited(&self, took: std::time::Duration) {
-        self.limiter_wait.observe(took.as_secs_f64());
+        self.families.limiter_wait.observe(took.as_secs_f64());
     }
 
     /// Namespace `name` was triggered (watch event, config change); counted until a worker
     /// takes it. Repeated triggers of a waiting namespace count once, as the queue merges them.
     pub fn enqueued(&self, name: &str) {
-        let mut queued = self.queued.lock().expect("queued lock");
-        if queued.insert(name.to_string()) {
-            self.queue_depth.set(queued.len() as i64);
+        if self
+            .queued
+            .lock()
+            .expect("queued lock")
+            .insert(name.to_string())
+        {
+            self.families.queue_depth.inc();
         }
     }
 
     /// A worker took namespace `name`.
     pub fn dequeued(&self, name: &str) {
-        let mut queued = self.queued.lock().expect("queued lock");
-        if queued.remove(name) {
-            self.queue_depth.set(queued.len() as i64);
+        if self.queued.lock().expect("queued lock").remove(name) {
+            self.families.queue_depth.dec();
         }
     }
 
     pub fn aws_call(&self, identity: &str, outcome: &str) {
-        self.aws_calls
+        self.families
+            .aws_calls
             .get_or_create(&AwsCallLabels {
-                identity: identity.to_string(),
+                identity: self.identity(identity),
                 outcome: outcome.to_string(),
             })
             .inc();
     }
 
     pub fn write(&self, kind: &str) {
-        self.writes
+        self.families
+            .writes
             .get_or_create(&WriteLabels {
                 kind: kind.to_string(),
             })
@@ -282,6 +449,9 @@ impl Metrics {
 
     /// Records namespace `name`'s state; `None` forgets it (deleted or terminating).
     pub fn namespace_state(&self, name: &str, state: Option<&'static str>) {
+        if matches!(state, Some("synced" | "excluded")) {
+            self.progressed();
+        }
         let mut states = self.states.lock().expect("states lock");
         let previous = match state {
             Some(state) => states.insert(name.to_string(), state),
@@ -291,7 +461,8 @@ impl Metrics {
             return;
         }
         let gauge = |s: &str| {
-            self.namespaces
+            self.families
+                .namespaces
                 .get_or_create(&StateLabels {
                     state: s.to_string(),
                 })
@@ -308,7 +479,7 @@ impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        prometheus_client::encoding::text::encode(&mut out, &self.families.registry)
             .expect("writing to a String");
         out
     }
@@ -344,8 +515,8 @@ mod tests {
     #[test]
     fn refresh_failures_count_in_a_row_until_a_success() {
         let m = Metrics::new();
-        m.token_fetch_failed("eu-west-1", "transient");
-        m.token_fetch_failed("eu-west-1", "configuration");
+        m.token_fetch_failed("eu-west-1", "transient", "throttled");
+        m.token_fetch_failed("eu-west-1", "configuration", "denied");
         let text = m.encode();
         for line in [
             "ecr_pull_secrets_token_refresh_consecutive_failures{identity=\"eu-west-1\"} 2",
@@ -408,6 +579,44 @@ mod tests {
             "ecr_pull_secrets_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    #[test]
+    fn resources_share_the_gauges_and_keep_their_own_books() {
+        let m = Metrics::new();
+        let a = m.for_resource("team-a");
+        m.namespace_state("x", Some("synced"));
+        a.namespace_state("x", Some("failed"));
+        a.namespace_state("y", Some("synced"));
+        a.enqueued("x");
+        m.enqueued("x");
+        a.token_fetch_failed("us-east-1", "transient", "throttled");
+        let text = m.encode();
+        for line in [
+            "ecr_pull_secrets_namespaces{state=\"synced\"} 2",
+            "ecr_pull_secrets_namespaces{state=\"failed\"} 1",
+            "ecr_pull_secrets_queue_depth 2",
+            "ecr_pull_secrets_token_refresh_consecutive_failures{identity=\"team-a/us-east-1\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(
+            a.state_counts(),
+            BTreeMap::from([("failed", 1), ("synced", 1)])
+        );
+        let health = &a.token_health()["us-east-1"];
+        assert_eq!(health.consecutive_failures, 1);
+        assert_eq!(health.last_error.as_deref(), Some("throttled"));
+        a.forget();
+        let text = m.encode();
+        for line in [
+            "ecr_pull_secrets_namespaces{state=\"synced\"} 1",
+            "ecr_pull_secrets_namespaces{state=\"failed\"} 0",
+            "ecr_pull_secrets_queue_depth 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("team-a/"), "{text}");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub type WrittenLog = Arc<Mutex<HashMap<String, Written>>>;
 pub struct Context {
     pub client: Client,
     pub secret_name: String,
+    /// The EcrPullSecret this configuration is (`None`: the flag-configured controller). Its
+    /// name is on every Secret written; another owner's Secret is never touched.
+    pub owner: Option<String>,
     pub selection: Selection,
     /// The config to write, `None` until every identity has its first token.
     pub desired: watch::Receiver<Option<Arc<Rendered>>>,
@@ -108,15 +111,19 @@ pub enum Outcome {
 }
 
 /// The Secret we want in `namespace`.
-pub fn desired_secret(name: &str, namespace: &str, rendered: &Rendered) -> Secret {
+pub fn desired_secret(
+    name: &str,
+    namespace: &str,
+    rendered: &Rendered,
+    owner: Option<&str>,
+) -> Secret {
+    let mut labels = crate::crd::owner_labels(owner);
+    labels.insert(MANAGED_LABEL.to_string(), MANAGED_VALUE.to_string());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_LABEL.to_string(),
-                MANAGED_VALUE.to_string(),
-            )])),
+            labels: Some(labels),
             annotations: Some(BTreeMap::from([
                 (
                     FINGERPRINT_ANNOTATION.to_string(),
@@ -134,6 +141,14 @@ pub fn desired_secret(name: &str, namespace: &str, rendered: &Rendered) -> Secre
         )])),
         ..Secret::default()
     }
+}
+
+/// The EcrPullSecret that owns a Secret (`None`: written by the flag-configured controller).
+pub fn owner_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(crate::crd::OWNER_LABEL))
+        .map(String::as_str)
 }
 
 pub fn is_managed(meta: &ObjectMeta) -> bool {
@@ -228,9 +243,11 @@ impl Context {
                         "SecretConflict",
                         "Skip",
                         format!(
-                            "Secret {} exists and is not managed by ecr-pull-secrets (no label {MANAGED_LABEL}={MANAGED_VALUE}); \
-                             it was left untouched. Delete it, label it, choose another --secret-name, or run with --adopt-existing.",
-                            self.secret_name
+                            "Secret {} exists and is not ours (no label {MANAGED_LABEL}={MANAGED_VALUE}, or another \
+                             EcrPullSecret's {} label); it was left untouched. Delete it, choose another secret name, \
+                             or adopt it (--adopt-existing, spec.adoptExisting).",
+                            self.secret_name,
+                            crate::crd::OWNER_LABEL
                         ),
                     )
                     .await;
@@ -325,7 +342,12 @@ impl Context {
 
     async fn apply(&self, namespace: &str, rendered: &Arc<Rendered>) -> Result<(), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = desired_secret(&self.secret_name, namespace, rendered);
+        let secret = desired_secret(
+            &self.secret_name,
+            namespace,
+            rendered,
+            self.owner.as_deref(),
+        );
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.write_slot().await;
         let written = self
@@ -516,6 +538,21 @@ pub async fn reconcile(
         Err(error) => {
             let delay = ctx.gate.failed(&key, now, rand::random());
             ctx.metrics.namespace_state(&namespace, Some("failed"));
+            if let Error::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } = &error
+                && status.code == 403
+            {
+                ctx.metrics.problem(
+                    "Forbidden",
+                    format!(
+                        "writing Secret {} in namespace {namespace} was refused ({}); add {} to the \
+                         ClusterRole's secrets resourceNames (docs/security.md)",
+                        ctx.secret_name, status.message, ctx.secret_name
+                    ),
+                );
+            }
             tracing::warn!(
                 namespace,
                 error = %error,

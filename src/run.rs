@@ -30,7 +30,6 @@ use crate::reconcile::{self, Context, WriteLimiter, WrittenLog};
 use crate::registry::RegistryHost;
 use crate::render::{self, Rendered};
 use crate::secret_cache::SecretCache;
-use crate::selection::Selection;
 use crate::token::{self, Backoff, EcrPublicTokenSource, EcrTokenSource, Token};
 use aws_config::identity::IdentityCache;
 
@@ -39,7 +38,6 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(15 * 60);
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     args.validate().map_err(Error::Config)?;
-    let selection = args.selection().map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 
@@ -115,14 +113,30 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
 
     // The leader's work is one future: dropped, with everything it spawned, the moment the
-    // lease is lost.
-    let work = lead(
-        &args,
-        client.clone(),
-        selection,
-        metrics.clone(),
-        stop.clone(),
-    );
+    // lease is lost. The flag-configured secret and the EcrPullSecrets run side by side.
+    let implicit = async {
+        if args.configures_secret() {
+            lead(&args, None, client.clone(), metrics.clone(), stop.clone()).await
+        } else {
+            Ok(())
+        }
+    };
+    let resources = async {
+        if args.resources {
+            let implicit_secret = args.configures_secret().then(|| args.secret_name.clone());
+            crate::resources::serve(
+                args.clone(),
+                implicit_secret,
+                client.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )
+            .await
+        } else {
+            Ok(())
+        }
+    };
+    let work = async { futures::try_join!(implicit, resources).map(|_| ()) };
     let result = tokio::select! {
         result = work => result,
         _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
@@ -170,15 +184,17 @@ fn default_identity() -> String {
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 
-/// The leader's work: token refresh per identity, rendering, and the namespace controller.
-/// Returns after a graceful shutdown (in-flight writes finished).
-async fn lead(
+/// The leader's work for one configuration (the flags, or one EcrPullSecret named `owner`):
+/// token refresh per identity, rendering, and the namespace controller. Returns after a
+/// graceful shutdown (in-flight writes finished).
+pub(crate) async fn lead(
     args: &RunArgs,
+    owner: Option<&str>,
     client: Client,
-    selection: Selection,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    let selection = args.selection().map_err(Error::Config)?;
     let stop_for_drain = stop.clone();
     let mut tasks = JoinSet::new();
     let sdk_config = aws_config(&client, args, &mut tasks).await?;
@@ -194,6 +210,7 @@ async fn lead(
             .collect::<Vec<_>>()
             .join(","),
         secret = args.secret_name,
+        resource = owner.unwrap_or("none (flags)"),
         "starting"
     );
 
@@ -229,7 +246,7 @@ async fn lead(
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", args.secret_name));
-    let secret_cache = SecretCache::default();
+    let secret_cache = SecretCache::for_owner(owner);
     let written: WrittenLog = Arc::default();
     let forget = written.clone();
     let secret_events = watcher(secrets, secret_watch)
@@ -282,6 +299,7 @@ async fn lead(
     let ctx = Arc::new(Context {
         client: client.clone(),
         secret_name: args.secret_name.clone(),
+        owner: owner.map(str::to_string),
         selection,
         desired: desired_rx.clone(),
         api_timeout: args.api_timeout,
@@ -371,7 +389,14 @@ async fn lead(
                     Ok(_) => {}
                     // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
                     Err(error) => {
-                        tracing::warn!(error = %error, "controller watch or queue error; retrying")
+                        tracing::warn!(error = %error, "controller watch or queue error; retrying");
+                        let text = error.to_string();
+                        if text.contains("forbidden") {
+                            metrics.problem(
+                                "Forbidden",
+                                format!("a watch was refused: {text}; grant the controller's ServiceAccount the rights in docs/security.md (each secretName must be in the secrets resourceNames)"),
+                            );
+                        }
                     }
                 }
             }
@@ -428,6 +453,30 @@ async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
         }),
         Err(_) => Err(Error::Timeout(format!(
             "the Kubernetes API server did not answer a namespace list within {:?}; check KUBECONFIG and connectivity",
+            args.api_timeout
+        ))),
+    }?;
+    if !args.resources {
+        return Ok(());
+    }
+    let resources: Api<crate::crd::EcrPullSecret> = Api::all(client.clone());
+    match tokio::time::timeout(args.api_timeout, resources.list_metadata(&params)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Err(Error::Config(
+            "--resources: the EcrPullSecret CRD is not installed; install it with `make install` or \
+             `kubectl apply -f deploy/crd/ecrpullsecrets.yaml`"
+                .into(),
+        )),
+        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
+            "--resources: not allowed to list ecrpullsecrets ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+            status.message
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: "listing EcrPullSecrets".into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer an EcrPullSecret list within {:?}",
             args.api_timeout
         ))),
     }

@@ -13,14 +13,16 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::reconcile::{FINGERPRINT_ANNOTATION, edited_by_someone_else, is_managed};
+use crate::reconcile::{FINGERPRINT_ANNOTATION, edited_by_someone_else, is_managed, owner_of};
 
 /// What reconcile needs to know of the Secret with our name in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedSecret {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
-    /// Carries our managed-by label (else it is someone else's Secret).
+    /// Ours: our managed-by label, and the owner label of this configuration (none for the
+    /// flag-configured controller, the EcrPullSecret's name for a resource). Else it is
+    /// someone else's Secret, or another resource's.
     pub managed: bool,
     /// Our fingerprint annotation: which config it holds.
     pub fingerprint: Option<Box<str>>,
@@ -29,11 +31,11 @@ pub struct CachedSecret {
 }
 
 impl CachedSecret {
-    pub fn from_meta(meta: &ObjectMeta) -> CachedSecret {
+    pub fn from_meta(meta: &ObjectMeta, owner: Option<&str>) -> CachedSecret {
         CachedSecret {
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
-            managed: is_managed(meta),
+            managed: is_managed(meta) && owner_of(meta) == owner,
             fingerprint: meta
                 .annotations
                 .as_ref()
@@ -59,18 +61,25 @@ struct Inner {
 pub struct SecretCache {
     inner: Arc<RwLock<Inner>>,
     ready: Arc<watch::Sender<bool>>,
+    /// The EcrPullSecret whose Secrets count as ours; `None` for the flag-configured controller.
+    owner: Option<Arc<str>>,
 }
 
 impl Default for SecretCache {
     fn default() -> Self {
-        SecretCache {
-            inner: Arc::default(),
-            ready: Arc::new(watch::channel(false).0),
-        }
+        SecretCache::for_owner(None)
     }
 }
 
 impl SecretCache {
+    pub fn for_owner(owner: Option<&str>) -> SecretCache {
+        SecretCache {
+            inner: Arc::default(),
+            ready: Arc::new(watch::channel(false).0),
+            owner: owner.map(Arc::from),
+        }
+    }
+
     /// Our Secret in `namespace`, as last seen.
     pub fn get(&self, namespace: &str) -> Option<Arc<CachedSecret>> {
         self.inner
@@ -95,7 +104,10 @@ impl SecretCache {
             let namespace = secret.metadata.namespace.as_deref()?;
             Some((
                 Box::<str>::from(namespace),
-                Arc::new(CachedSecret::from_meta(&secret.metadata)),
+                Arc::new(CachedSecret::from_meta(
+                    &secret.metadata,
+                    self.owner.as_deref(),
+                )),
             ))
         };
         let mut inner = self.inner.write().expect("secret cache lock");

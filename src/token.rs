@@ -553,7 +553,7 @@ pub async fn keep_fresh<S: TokenSource>(
             }
             Err(err) => {
                 metrics.aws_call(source.identity(), err.class.as_str());
-                metrics.token_fetch_failed(source.identity(), err.class.as_str());
+                metrics.token_fetch_failed(source.identity(), err.class.as_str(), &err.to_string());
                 let delay = backoff.delay(err.class, attempt, rand::random());
                 attempt = attempt.saturating_add(1);
                 let last_expires = publish

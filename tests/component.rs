@@ -75,6 +75,7 @@ fn context(world: World) -> (Context, ApiServer) {
     let ctx = Context {
         client: client.clone(),
         secret_name: "ecr-pull-secret".into(),
+        owner: None,
         selection: world.selection,
         desired,
         api_timeout: Duration::from_secs(5),

@@ -19,7 +19,7 @@ fn exported() -> BTreeSet<String> {
     let m = Metrics::new();
     m.leadership_acquired();
     m.token_fetched("us-east-1", std::time::SystemTime::now());
-    m.token_fetch_failed("us-east-1", "transient");
+    m.token_fetch_failed("us-east-1", "transient", "throttled");
     m.aws_call("us-east-1", "ok");
     m.write("apply");
     m.namespace_state("default", Some("synced"));

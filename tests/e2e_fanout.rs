@@ -231,12 +231,7 @@ async fn a_foreign_secret_stays_byte_identical_and_an_event_explains_why() {
     })
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
-    assert!(
-        event
-            .note
-            .unwrap()
-            .contains("not managed by ecr-pull-secrets")
-    );
+    assert!(event.note.unwrap().contains("is not ours"));
     let now = api.get(&secret_name).await.unwrap();
     assert_eq!(
         now.resource_version(),

@@ -31,6 +31,9 @@ GetAuthorizationToken call:
     allowed_access_keys  optional list; calls signed with any other access key
                          id fail with UnrecognizedClientException (such calls
                          do not use up `count`)
+    fail_access_keys     optional list; `fail` applies only to calls signed
+                         with these access key ids (an outage of one
+                         identity); others are answered normally
 The fault counter resets whenever the file content changes.  Write the file
 atomically (temp file + rename) so a call never sees a half-written file; a
 file that is not valid JSON is reported on stderr and treated as defaults.
@@ -206,6 +209,9 @@ class EmulatorState:
             fail = control.get("fail")
             if fail is not None and fail not in FAULTS:
                 log.error("control file: unknown fail kind %r ignored", fail)
+                fail = None
+            only = control.get("fail_access_keys")
+            if fail is not None and only is not None and access_key_id not in only:
                 fail = None
             if fail is not None:
                 count = control.get("count")

@@ -304,6 +304,12 @@ def test_allowed_access_keys(emu):
     assert outcomes(emu.client(key="AKIAGOOD"), 2) == ["ThrottlingException", "ok"]
 
 
+def test_fail_access_keys(emu):
+    emu.set_control({"fail": "5xx", "fail_access_keys": ["AKIADOWN"]})
+    assert outcomes(emu.client(key="AKIADOWN"), 2) == ["ServerException"] * 2
+    assert outcomes(emu.client(key="AKIAUP"), 2) == ["ok"] * 2
+
+
 def test_delay_and_concurrency(emu):
     emu.set_control({"delay_seconds": 1.0})
     client = emu.client()  # botocore clients are thread-safe

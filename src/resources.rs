@@ -1,0 +1,708 @@
+//! Serving EcrPullSecret resources: one pipeline (token refresh, rendering, namespace
+//! controller; the same as the flag-configured one) per resource, each with its own
+//! credentials, limits and backoff, so a failing resource neither blocks nor slows the others.
+//!
+//! A finalizer holds a deleted resource until its Secrets and ServiceAccount entries are gone.
+//! The resource's status is written from what its pipeline observes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::{Mutex, watch};
+
+use crate::Error;
+use crate::config::RunArgs;
+use crate::crd::{EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts};
+use crate::metrics::{Metrics, Problem, TokenHealth};
+use crate::render::rfc3339;
+
+/// How often a running resource's status is recomputed (written only when it changed).
+const STATUS_PERIOD: Duration = Duration::from_secs(2);
+/// Field manager of status writes.
+const STATUS_MANAGER: &str = "ecr-pull-secrets";
+
+/// Serves every EcrPullSecret until `stop`; `implicit_secret` is the flag-configured
+/// controller's secret name, which no resource may reuse.
+pub async fn serve(
+    base: RunArgs,
+    implicit_secret: Option<String>,
+    client: Client,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let api: Api<EcrPullSecret> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default());
+    let supervisor = Arc::new(Supervisor {
+        client,
+        base,
+        implicit_secret,
+        metrics,
+        store: controller.store(),
+        running: Mutex::new(HashMap::new()),
+        stop: stop.clone(),
+    });
+    controller
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(reconcile, error_policy, supervisor.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::warn!(error = %error, "EcrPullSecret reconcile failed; retrying");
+            }
+        })
+        .await;
+    // Stop every pipeline; each drains its in-flight writes.
+    let running: Vec<Running> = supervisor
+        .running
+        .lock()
+        .await
+        .drain()
+        .map(|(_, r)| r)
+        .collect();
+    futures::future::join_all(
+        running
+            .into_iter()
+            .map(|r| r.stop(supervisor.base.api_timeout)),
+    )
+    .await;
+    Ok(())
+}
+
+struct Supervisor {
+    client: Client,
+    /// The controller's own flags: what a resource does not set.
+    base: RunArgs,
+    implicit_secret: Option<String>,
+    metrics: Arc<Metrics>,
+    store: Store<EcrPullSecret>,
+    /// Running pipelines by resource name.
+    running: Mutex<HashMap<String, Running>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One resource's pipeline and status writer.
+struct Running {
+    uid: String,
+    generation: i64,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    pipeline: tokio::task::JoinHandle<()>,
+    status: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the pipeline (letting in-flight writes finish, within a deadline) and forgets its
+    /// metrics.
+    async fn stop(self, api_timeout: Duration) {
+        self.status.abort();
+        self.stop.send_replace(true);
+        let mut pipeline = self.pipeline;
+        if tokio::time::timeout(api_timeout + Duration::from_secs(2), &mut pipeline)
+            .await
+            .is_err()
+        {
+            pipeline.abort();
+        }
+        self.metrics.forget();
+    }
+}
+
+async fn reconcile(resource: Arc<EcrPullSecret>, ctx: Arc<Supervisor>) -> Result<Action, Error> {
+    let api: Api<EcrPullSecret> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, resource, |event| async {
+        match event {
+            Finalizer::Apply(resource) => ctx.apply(&resource).await,
+            Finalizer::Cleanup(resource) => ctx.cleanup(&resource).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Resource(e.to_string()))
+}
+
+fn error_policy(_: Arc<EcrPullSecret>, error: &Error, _: Arc<Supervisor>) -> Action {
+    tracing::warn!(error = %error, "EcrPullSecret: retrying in 5s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+impl Supervisor {
+    async fn apply(&self, resource: &EcrPullSecret) -> Result<Action, Error> {
+        let name = resource.name_any();
+        let uid = resource.uid().unwrap_or_default();
+        let generation = resource.metadata.generation.unwrap_or_default();
+        let secret_name = &resource.spec.secret_name;
+
+        if self.implicit_secret.as_ref() == Some(secret_name) {
+            self.block(
+                resource,
+                "SecretNameInUse",
+                format!(
+                    "the controller's own configuration (--secret-name) already writes Secret {secret_name}; \
+                     choose another spec.secretName (recreate the resource: it is immutable)"
+                ),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        if let Some(other) = self.older_with_secret(resource) {
+            self.block(
+                resource,
+                "SecretNameInUse",
+                format!(
+                    "EcrPullSecret {other} already writes Secret {secret_name}; each resource needs its own \
+                     spec.secretName (recreate this one with another name, or delete {other})"
+                ),
+            )
+            .await?;
+            // Picked up again once the other one is gone.
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        let args = match resource.spec.to_run_args(&self.base) {
+            Ok(args) => args,
+            Err(message) => {
+                self.block(resource, "InvalidSpec", message).await?;
+                return Ok(Action::await_change());
+            }
+        };
+
+        let mut running = self.running.lock().await;
+        if let Some(current) = running.get(&name)
+            && current.uid == uid
+            && current.generation == generation
+        {
+            return Ok(Action::await_change());
+        }
+        if let Some(old) = running.remove(&name) {
+            tracing::info!(resource = name, "spec changed; restarting its pipeline");
+            old.stop(self.base.api_timeout).await;
+        }
+        let metrics = Arc::new(self.metrics.for_resource(&name));
+        let (stop_tx, stop) = watch::channel(false);
+        let mut global_stop = self.stop.clone();
+        let pipeline = tokio::spawn(keep_running(
+            args,
+            name.clone(),
+            self.client.clone(),
+            metrics.clone(),
+            stop,
+            async move {
+                let _ = global_stop.wait_for(|s| *s).await;
+            },
+        ));
+        let status = tokio::spawn(write_status(
+            Api::all(self.client.clone()),
+            name.clone(),
+            generation,
+            resource.status.clone().unwrap_or_default(),
+            metrics.clone(),
+        ));
+        tracing::info!(
+            resource = name,
+            secret = secret_name,
+            "serving EcrPullSecret"
+        );
+        running.insert(
+            name,
+            Running {
+                uid,
+                generation,
+                metrics,
+                stop: stop_tx,
+                pipeline,
+                status,
+            },
+        );
+        Ok(Action::await_change())
+    }
+
+    /// The oldest other live resource that writes the same Secret name, if it is older.
+    fn older_with_secret(&self, resource: &EcrPullSecret) -> Option<String> {
+        let key = |r: &EcrPullSecret| (r.metadata.creation_timestamp.clone(), r.name_any());
+        self.store
+            .state()
+            .into_iter()
+            .filter(|other| {
+                other.name_any() != resource.name_any()
+                    && other.spec.secret_name == resource.spec.secret_name
+                    && other.metadata.deletion_timestamp.is_none()
+                    && key(other) < key(resource)
+            })
+            .map(|other| other.name_any())
+            .min()
+    }
+
+    /// Stops the resource's pipeline, if any, and reports why it cannot run.
+    async fn block(
+        &self,
+        resource: &EcrPullSecret,
+        reason: &'static str,
+        message: String,
+    ) -> Result<(), Error> {
+        let name = resource.name_any();
+        if let Some(old) = self.running.lock().await.remove(&name) {
+            old.stop(self.base.api_timeout).await;
+        }
+        tracing::warn!(resource = name, reason, message, "EcrPullSecret not served");
+        let previous = resource.status.clone().unwrap_or_default();
+        let status = EcrPullSecretStatus {
+            observed_generation: resource.metadata.generation,
+            conditions: conditions(
+                &previous.conditions,
+                false,
+                reason,
+                &message,
+                SystemTime::now(),
+            ),
+            ..EcrPullSecretStatus::default()
+        };
+        if status != previous {
+            patch_status(&Api::all(self.client.clone()), &name, &status).await?;
+        }
+        Ok(())
+    }
+
+    /// Deleting: stop the pipeline, remove exactly this resource's Secrets (by owner label)
+    /// and its ServiceAccount entries; the finalizer goes once that succeeded.
+    async fn cleanup(&self, resource: &EcrPullSecret) -> Result<Action, Error> {
+        let name = resource.name_any();
+        if let Some(old) = self.running.lock().await.remove(&name) {
+            old.stop(self.base.api_timeout).await;
+        }
+        let secret_name = &resource.spec.secret_name;
+        // Entries named like our Secret are ours only when nothing else writes that name.
+        let shared = self.implicit_secret.as_ref() == Some(secret_name)
+            || self.older_with_secret(resource).is_some();
+        let report = crate::cleanup::remove(
+            &self.client,
+            secret_name,
+            Some(&name),
+            false,
+            self.base.api_timeout,
+            !shared && resource.spec.service_accounts.is_some(),
+        )
+        .await?;
+        tracing::info!(
+            resource = name,
+            secrets = report.secrets.len(),
+            service_account_entries = report.service_accounts.len(),
+            "EcrPullSecret deleted: removed its secrets and ServiceAccount entries"
+        );
+        Ok(Action::await_change())
+    }
+}
+
+/// Runs one resource's pipeline until `stop` (or the controller's stop); when it cannot start
+/// (credentials Secret missing, say) records why and retries with backoff.
+async fn keep_running(
+    args: RunArgs,
+    name: String,
+    client: Client,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    global_stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // Either stop ends the pipeline gracefully.
+    let (merged_tx, merged) = watch::channel(false);
+    let mut own = stop.clone();
+    let forward = tokio::spawn(async move {
+        tokio::select! {
+            _ = own.wait_for(|s| *s) => {}
+            _ = global_stop => {}
+        }
+        merged_tx.send_replace(true);
+    });
+    let backoff = crate::backoff::Exponential {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
+    let mut failures = 0u32;
+    loop {
+        let result = crate::run::lead(
+            &args,
+            Some(&name),
+            client.clone(),
+            metrics.clone(),
+            merged.clone(),
+        )
+        .await;
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                let reason = match &error {
+                    Error::Credentials(_) => "CredentialsUnavailable",
+                    Error::Config(_) => "InvalidSpec",
+                    _ => "Failing",
+                };
+                tracing::warn!(resource = name, error = %error, "EcrPullSecret pipeline failed; retrying");
+                metrics.problem(reason, error.to_string());
+                let delay = backoff.delay(failures, rand::random());
+                failures = failures.saturating_add(1);
+                let mut stopping = merged.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    forward.abort();
+}
+
+/// Writes the resource's status whenever what its pipeline observes changes.
+async fn write_status(
+    api: Api<EcrPullSecret>,
+    name: String,
+    generation: i64,
+    mut written: EcrPullSecretStatus,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let status = status_of(
+            generation,
+            &metrics.token_health(),
+            &metrics.state_counts(),
+            metrics.current_problem().as_ref(),
+            &written.conditions,
+            SystemTime::now(),
+        );
+        if status != written {
+            match patch_status(&api, &name, &status).await {
+                Ok(()) => written = status,
+                Err(error) => {
+                    tracing::warn!(resource = name, error = %error, "could not write EcrPullSecret status")
+                }
+            }
+        }
+        tokio::time::sleep(STATUS_PERIOD).await;
+    }
+}
+
+async fn patch_status(
+    api: &Api<EcrPullSecret>,
+    name: &str,
+    status: &EcrPullSecretStatus,
+) -> Result<(), Error> {
+    // Server-side apply of the whole status: fields we no longer set are removed.
+    let patch = serde_json::json!({
+        "apiVersion": EcrPullSecret::api_version(&()),
+        "kind": EcrPullSecret::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Kube {
+        context: format!("writing the status of EcrPullSecret {name}"),
+        source,
+    })
+}
+
+/// The status from what a pipeline observed: counts, token health and the latest problem.
+/// Ready is True only when nothing needs attention; Degraded says what does.
+pub fn status_of(
+    generation: i64,
+    tokens: &BTreeMap<String, TokenHealth>,
+    counts: &BTreeMap<&'static str, u32>,
+    problem: Option<&Problem>,
+    previous: &[Condition],
+    now: SystemTime,
+) -> EcrPullSecretStatus {
+    let count = |state| counts.get(state).copied().unwrap_or(0);
+    let namespaces = NamespaceCounts {
+        synced: count("synced"),
+        failed: count("failed"),
+        conflict: count("conflict"),
+        pending: count("pending"),
+    };
+    let expires = tokens.values().filter_map(|t| t.expires_at).min();
+    let last_refresh = tokens.values().filter_map(|t| t.last_refresh).min();
+    let failing: Vec<(&String, &TokenHealth)> = tokens
+        .iter()
+        .filter(|(_, t)| t.consecutive_failures > 0)
+        .collect();
+    let valid_until = expires
+        .map(|e| {
+            format!(
+                "the secrets keep the last good token, valid until {}",
+                rfc3339(e)
+            )
+        })
+        .unwrap_or_else(|| "no token was fetched yet, so nothing was written".into());
+
+    let (healthy, reason, message): (bool, &str, String) = if let Some(problem) = problem {
+        (false, problem.reason, problem.message.clone())
+    } else if !failing.is_empty() {
+        let detail = failing
+            .iter()
+            .map(|(identity, t)| {
+                format!(
+                    "{identity}: {} failure(s) in a row, last: {}",
+                    t.consecutive_failures,
+                    t.last_error.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        (
+            false,
+            "TokenRefreshFailing",
+            format!("token refresh failing ({detail}); retried with backoff; {valid_until}"),
+        )
+    } else if namespaces.failed > 0 {
+        (
+            false,
+            "NamespacesFailing",
+            format!(
+                "{} namespace(s) failed their last write and are retried with backoff; \
+                 their Events (reason SyncFailed) and the controller log say why",
+                namespaces.failed
+            ),
+        )
+    } else if namespaces.conflict > 0 {
+        (
+            false,
+            "SecretConflict",
+            format!(
+                "{} namespace(s) hold a Secret with this name that is not ours (left untouched); \
+                 delete or rename it there, or set spec.adoptExisting: true",
+                namespaces.conflict
+            ),
+        )
+    } else if tokens.is_empty() || namespaces.pending > 0 {
+        return EcrPullSecretStatus {
+            observed_generation: Some(generation),
+            conditions: progressing(previous, now),
+            token_expires_at: expires.map(rfc3339),
+            last_refresh_time: last_refresh.map(rfc3339),
+            namespaces: Some(namespaces),
+            identities: identities(tokens),
+        };
+    } else {
+        (
+            true,
+            "Synced",
+            format!(
+                "{} namespace(s) hold the current secret; tokens refresh on schedule",
+                namespaces.synced
+            ),
+        )
+    };
+    EcrPullSecretStatus {
+        observed_generation: Some(generation),
+        conditions: conditions(previous, healthy, reason, &message, now),
+        token_expires_at: expires.map(rfc3339),
+        last_refresh_time: last_refresh.map(rfc3339),
+        namespaces: Some(namespaces),
+        identities: identities(tokens),
+    }
+}
+
+fn identities(tokens: &BTreeMap<String, TokenHealth>) -> Vec<IdentityStatus> {
+    tokens
+        .iter()
+        .map(|(name, t)| IdentityStatus {
+            name: name.clone(),
+            expires_at: t.expires_at.map(rfc3339),
+            last_refresh_time: t.last_refresh.map(rfc3339),
+            consecutive_failures: t.consecutive_failures,
+            last_error: t.last_error.clone(),
+        })
+        .collect()
+}
+
+/// Ready and Degraded: Ready = `healthy`; Degraded = not healthy; both with `reason`.
+fn conditions(
+    previous: &[Condition],
+    healthy: bool,
+    reason: &str,
+    message: &str,
+    now: SystemTime,
+) -> Vec<Condition> {
+    let degraded_reason = if healthy { "AsExpected" } else { reason };
+    let degraded_message = if healthy {
+        "nothing needs attention"
+    } else {
+        message
+    };
+    vec![
+        condition(previous, "Ready", healthy, reason, message, now),
+        condition(
+            previous,
+            "Degraded",
+            !healthy,
+            degraded_reason,
+            degraded_message,
+            now,
+        ),
+    ]
+}
+
+/// Waiting for the first token or the first writes: not ready, not degraded.
+fn progressing(previous: &[Condition], now: SystemTime) -> Vec<Condition> {
+    let message = "waiting for the first token and the first writes";
+    vec![
+        condition(previous, "Ready", false, "Progressing", message, now),
+        condition(
+            previous,
+            "Degraded",
+            false,
+            "AsExpected",
+            "nothing needs attention",
+            now,
+        ),
+    ]
+}
+
+/// One condition; its transition time moves only when its status changes.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: SystemTime,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff_time(now)));
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        last_transition_time,
+        observed_generation: None,
+    }
+}
+
+fn jiff_time(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds)
+    }
+
+    fn healthy_token(expires: u64) -> TokenHealth {
+        TokenHealth {
+            expires_at: Some(t(expires)),
+            last_refresh: Some(t(0)),
+            consecutive_failures: 0,
+            last_error: None,
+        }
+    }
+
+    fn reason(status: &EcrPullSecretStatus, type_: &str) -> (String, String) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn status_table() {
+        let tokens = BTreeMap::from([("us-east-1".to_string(), healthy_token(43200))]);
+        let synced = BTreeMap::from([("synced", 3), ("excluded", 5)]);
+        let status = status_of(4, &tokens, &synced, None, &[], t(10));
+        assert_eq!(reason(&status, "Ready"), ("True".into(), "Synced".into()));
+        assert_eq!(
+            reason(&status, "Degraded"),
+            ("False".into(), "AsExpected".into())
+        );
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.namespaces.as_ref().unwrap().synced, 3);
+        assert_eq!(
+            status.token_expires_at.as_deref(),
+            Some("2027-01-15T20:00:00Z")
+        );
+
+        // Nothing fetched yet: progressing, not degraded.
+        let status = status_of(1, &BTreeMap::new(), &BTreeMap::new(), None, &[], t(0));
+        assert_eq!(
+            reason(&status, "Ready"),
+            ("False".into(), "Progressing".into())
+        );
+        assert_eq!(reason(&status, "Degraded").0, "False");
+
+        let mut failing = tokens.clone();
+        let health = failing.get_mut("us-east-1").unwrap();
+        health.consecutive_failures = 3;
+        health.last_error = Some("ThrottlingException".into());
+        let status = status_of(4, &failing, &synced, None, &[], t(10));
+        assert_eq!(
+            reason(&status, "Degraded"),
+            ("True".into(), "TokenRefreshFailing".into())
+        );
+        let message = &status.conditions[1].message;
+        assert!(
+            message.contains("us-east-1: 3 failure(s) in a row, last: ThrottlingException"),
+            "{message}"
+        );
+        assert!(
+            message.contains("valid until 2027-01-15T20:00:00Z"),
+            "{message}"
+        );
+
+        let counts = BTreeMap::from([("synced", 3), ("failed", 1), ("conflict", 1)]);
+        let status = status_of(4, &tokens, &counts, None, &[], t(10));
+        assert_eq!(
+            reason(&status, "Ready"),
+            ("False".into(), "NamespacesFailing".into())
+        );
+        let counts = BTreeMap::from([("synced", 3), ("conflict", 1)]);
+        let status = status_of(4, &tokens, &counts, None, &[], t(10));
+        assert_eq!(
+            reason(&status, "Degraded"),
+            ("True".into(), "SecretConflict".into())
+        );
+
+        // A problem (refused watch, missing credentials) wins over everything else.
+        let problem = Problem {
+            reason: "Forbidden",
+            message: "add it".into(),
+            at: t(5),
+        };
+        let status = status_of(4, &tokens, &synced, Some(&problem), &[], t(10));
+        assert_eq!(
+            reason(&status, "Degraded"),
+            ("True".into(), "Forbidden".into())
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let tokens = BTreeMap::from([("us-east-1".to_string(), healthy_token(43200))]);
+        let counts = BTreeMap::from([("synced", 1)]);
+        let first = status_of(1, &tokens, &counts, None, &[], t(10));
+        let counts = BTreeMap::from([("synced", 2)]);
+        let second = status_of(1, &tokens, &counts, None, &first.conditions, t(20));
+        assert_eq!(
+            first.conditions[0].last_transition_time,
+            second.conditions[0].last_transition_time
+        );
+        let counts = BTreeMap::from([("synced", 2), ("failed", 1)]);
+        let third = status_of(1, &tokens, &counts, None, &second.conditions, t(30));
+        assert_ne!(
+            second.conditions[0].last_transition_time,
+            third.conditions[0].last_transition_time
+        );
+    }
+}
