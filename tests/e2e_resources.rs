@@ -228,7 +228,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
         },
     )
     .await;
-    assert_eq!(sa, [secret_a.clone()]);
+    assert_eq!(sa, vec![secret_a.clone()]);
 
     // kubectl shows the printer columns.
     let table = kubectl(&["get", "ecrpullsecrets", &name_a, &name_b]);
