@@ -200,6 +200,10 @@ pub struct Permission {
     /// Only this object (a `resourceNames` rule); `None`: any name.
     pub name: Option<String>,
     pub grant: Grant,
+    /// A subresource such as `status`.
+    pub subresource: Option<&'static str>,
+    /// The EcrPullSecret that needs this (its secretName or credentials Secret).
+    pub resource_owner: Option<String>,
 }
 
 impl Permission {
@@ -211,6 +215,9 @@ impl Permission {
         }
         if let Some(name) = &self.name {
             target = format!("{target}/{name}");
+        }
+        if let Some(subresource) = self.subresource {
+            target = format!("{target} (subresource {subresource})");
         }
         target
     }
@@ -234,6 +241,7 @@ impl Permission {
                     verb: Some(self.verb.to_string()),
                     namespace: self.namespace.clone(),
                     name: self.name.clone(),
+                    subresource: self.subresource.map(str::to_string),
                     ..ResourceAttributes::default()
                 }),
                 ..SelfSubjectAccessReviewSpec::default()
@@ -253,6 +261,8 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
         namespace: None,
         name: name.map(str::to_string),
         grant: Grant::ClusterRole,
+        subresource: None,
+        resource_owner: None,
     };
     let local = |verb, group, resource, namespace: &str, name: Option<&str>| Permission {
         verb,
@@ -261,6 +271,8 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
         namespace: Some(namespace.to_string()),
         name: name.map(str::to_string),
         grant: Grant::Role,
+        subresource: None,
+        resource_owner: None,
     };
     let mut needed = Vec::new();
     for verb in ["get", "list", "watch"] {
@@ -302,6 +314,46 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
             needed.push(local(verb, "", "secrets", own_namespace, Some(name)));
         }
     }
+    if args.resources {
+        // Finalizers are added and removed with patches; status is written with its own patch.
+        for verb in ["get", "list", "watch", "patch"] {
+            needed.push(cluster(verb, crate::crd::GROUP, "ecrpullsecrets", None));
+        }
+        needed.push(Permission {
+            subresource: Some("status"),
+            ..cluster("patch", crate::crd::GROUP, "ecrpullsecrets", None)
+        });
+    }
+    needed
+}
+
+/// What EcrPullSecret `owner` (configured as `resource`) needs beyond the controller's own
+/// permissions: its Secret by name everywhere, its credentials Secret by name.
+pub fn resource_permissions(
+    owner: &str,
+    resource: &RunArgs,
+    base: &RunArgs,
+    own_namespace: &str,
+) -> Vec<Permission> {
+    let mut needed: Vec<Permission> = required_permissions(resource, own_namespace)
+        .into_iter()
+        .filter(|p| {
+            p.resource == "secrets"
+                && p.name.is_some()
+                && ((p.grant == Grant::ClusterRole && p.name != Some(base.secret_name.clone()))
+                    || (p.grant == Grant::Role && p.name != base.credentials_secret))
+        })
+        .collect();
+    if resource.service_accounts.is_some() && base.service_accounts.is_none() {
+        needed.extend(
+            required_permissions(resource, own_namespace)
+                .into_iter()
+                .filter(|p| p.resource == "serviceaccounts"),
+        );
+    }
+    for permission in &mut needed {
+        permission.resource_owner = Some(owner.to_string());
+    }
     needed
 }
 
@@ -342,6 +394,17 @@ pub fn fix_for(permission: &Permission, username: Option<&str>) -> String {
             "; {flag} is {name}, so change resourceNames [\"{shipped}\"] to [\"{name}\"] in the {rule} rule"
         )
     };
+    if let (Some(owner), Some(name)) = (&permission.resource_owner, &permission.name) {
+        let (rule, value) = match permission.grant {
+            Grant::ClusterRole => ("ClusterRole's secrets", "customResources.secretNames"),
+            Grant::Role => ("Role's credentials", "customResources.credentialsSecrets"),
+        };
+        let _ = write!(
+            fix,
+            "; EcrPullSecret {owner} needs Secret {name}: add \"{name}\" to resourceNames in the {rule} rule (Helm: {value})"
+        );
+        return fix;
+    }
     match (
         permission.resource,
         permission.grant,
@@ -471,8 +534,14 @@ pub async fn run_checks(args: &RunArgs) -> Report {
     match &cluster {
         Some((client, username)) => {
             let own_namespace = run::own_namespace(client, args);
+            let extra = if args.resources {
+                resources(args, client, &own_namespace, &mut report).await
+            } else {
+                Vec::new()
+            };
             permissions(
                 args,
+                extra,
                 client,
                 &own_namespace,
                 username.as_deref(),
@@ -573,15 +642,88 @@ async fn whoami(args: &RunArgs, client: &Client) -> Option<String> {
     review.status?.user_info?.username
 }
 
+/// With --resources: the CRD is served, every EcrPullSecret's spec makes a configuration; returns
+/// the permissions the resources need beyond the controller's own.
+async fn resources(
+    args: &RunArgs,
+    client: &Client,
+    own_namespace: &str,
+    report: &mut Report,
+) -> Vec<Permission> {
+    let api: Api<crate::crd::EcrPullSecret> = Api::all(client.clone());
+    let list = match bounded(args, api.list(&Default::default())).await {
+        Some(Ok(list)) => list,
+        Some(Err(kube::Error::Api(status))) if status.code == 404 => {
+            report.checks.push(Check::fail(
+                "resources",
+                "the EcrPullSecret CRD is not installed",
+                "make install, or kubectl apply -f deploy/crd/ecrpullsecrets.yaml",
+            ));
+            return Vec::new();
+        }
+        Some(Err(error)) => {
+            report.checks.push(Check::fail(
+                "resources",
+                format!("listing EcrPullSecrets: {error}"),
+                "grant list on ecrpullsecrets (deploy/common.yaml's ClusterRole)",
+            ));
+            return Vec::new();
+        }
+        None => {
+            report.checks.push(Check::fail(
+                "resources",
+                format!(
+                    "listing EcrPullSecrets took longer than {:?}",
+                    args.api_timeout
+                ),
+                KUBE_FIX,
+            ));
+            return Vec::new();
+        }
+    };
+    if list.items.is_empty() {
+        report
+            .checks
+            .push(Check::pass("resources", "no EcrPullSecret yet"));
+    }
+    let mut needed = Vec::new();
+    for resource in &list.items {
+        let name = kube::ResourceExt::name_any(resource);
+        match resource.spec.to_run_args(args) {
+            Ok(config) => {
+                report.checks.push(Check::pass(
+                    "resources",
+                    format!("EcrPullSecret {name}: {}", describe_config(&config)),
+                ));
+                needed.extend(resource_permissions(&name, &config, args, own_namespace));
+            }
+            Err(message) => report.checks.push(Check::fail(
+                "resources",
+                format!("EcrPullSecret {name}: {message}"),
+                "fix the resource's spec (docs/configuration.md, EcrPullSecret resources)",
+            )),
+        }
+    }
+    needed
+}
+
 /// One SelfSubjectAccessReview per needed verb, all at once.
 async fn permissions(
     args: &RunArgs,
+    extra: Vec<Permission>,
     client: &Client,
     own_namespace: &str,
     username: Option<&str>,
     report: &mut Report,
 ) {
-    let needed = required_permissions(args, own_namespace);
+    let mut needed = required_permissions(args, own_namespace);
+    for permission in extra {
+        // One review per distinct question, whoever needs it.
+        let question = |p: &Permission| (p.verb, p.resource, p.namespace.clone(), p.name.clone());
+        if !needed.iter().any(|p| question(p) == question(&permission)) {
+            needed.push(permission);
+        }
+    }
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let answers = join_all(needed.iter().map(|permission| {
         let api = api.clone();
@@ -979,6 +1121,47 @@ mod tests {
             assert!(!fix.contains("shipped ones"), "{fix}");
             assert!(fix.contains("user admin"), "{fix}");
         }
+    }
+
+    #[test]
+    fn resources_need_the_crd_and_their_own_secret_names() {
+        let base = args(&["--resources", "--credentials-secret", "aws-credentials"]);
+        let needed = required_permissions(&base, SHIPPED_NAMESPACE);
+        let status = needed
+            .iter()
+            .find(|p| p.subresource == Some("status"))
+            .expect("status patch");
+        assert_eq!(
+            status.describe(),
+            "patch ecrpullsecrets.ecr-pull-secrets.io (subresource status) in every namespace"
+        );
+        let spec: crate::crd::EcrPullSecretSpec = serde_yaml_ng::from_str(
+            "secretName: team-pull\necrPublic: true\nserviceAccounts: [default]\ncredentials: {secretRef: {name: team-keys}}\n",
+        )
+        .unwrap();
+        let resource = spec.to_run_args(&base).unwrap();
+        let extra = resource_permissions("team", &resource, &base, SHIPPED_NAMESPACE);
+        let described: Vec<String> = extra.iter().map(Permission::describe).collect();
+        for expected in [
+            "patch secrets/team-pull in every namespace",
+            "get secrets/team-keys in namespace ecr-pull-secrets",
+            "patch serviceaccounts in every namespace",
+        ] {
+            assert!(described.contains(&expected.to_string()), "{described:?}");
+        }
+        // The controller's own Secret names are not asked again.
+        assert!(!described.iter().any(|d| d.contains("aws-credentials")));
+        let fix = fix_for(
+            extra
+                .iter()
+                .find(|p| p.name.as_deref() == Some("team-pull"))
+                .unwrap(),
+            None,
+        );
+        assert!(
+            fix.contains("EcrPullSecret team needs Secret team-pull: add \"team-pull\" to resourceNames in the ClusterRole's secrets rule"),
+            "{fix}"
+        );
     }
 
     #[test]
