@@ -37,6 +37,23 @@ trap 'exit 0' INT TERM
 printf '{"ttl_seconds": %d}\n' "$DEMO_TTL" >"$ECR_EMULATOR_CONTROL"
 for ns in team-a team-b team-c skipped; do kubectl create namespace "$ns" >/dev/null; done
 echo "namespaces: team-a team-b team-c skipped (excluded)"
+# A second pull secret, declared as an EcrPullSecret resource: another region, team-* only.
+kubectl apply --server-side -f deploy/crd/ecrpullsecrets.yaml >/dev/null
+kubectl wait --for=condition=Established crd/ecrpullsecrets.ecr-pull-secrets.io --timeout=30s >/dev/null
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: ecr-pull-secrets.io/v1alpha1
+kind: EcrPullSecret
+metadata:
+  name: teams-eu
+spec:
+  secretName: ecr-pull-secret-eu
+  registries:
+    - accountId: "123456789012"
+      region: eu-west-1
+  namespaces:
+    include: [team-*]
+YAML
+echo "EcrPullSecret teams-eu: Secret ecr-pull-secret-eu (eu-west-1) in team-* namespaces"
 
 say "starting two controller replicas (they elect a leader through a Lease)"
 bin="${CARGO_TARGET_DIR:-target}/debug/ecr-pull-secrets"
@@ -44,7 +61,7 @@ pids=()
 for r in 1 2; do
   log=$TESTENV_DIR/controller-$r.log
   "$bin" run --identity "replica-$r" --admin-address 127.0.0.1:0 \
-    --exclude-namespaces skipped,kube-node-lease >"$log" 2>&1 &
+    --exclude-namespaces skipped,kube-node-lease --resources >"$log" 2>&1 &
   pids+=($!)
   echo "replica-$r: pid $!, log $log"
 done
@@ -53,6 +70,7 @@ controller_pid="${pids[*]}"
 show() {
   kubectl get secrets -A -l app.kubernetes.io/managed-by=ecr-pull-secrets \
     -o custom-columns='NAMESPACE:.metadata.namespace,SECRET:.metadata.name,REGISTRIES:.metadata.annotations.ecr-pull-secrets\.io/registries,EXPIRES:.metadata.annotations.ecr-pull-secrets\.io/expires-at,TYPE:.type'
+  kubectl get ecrpullsecrets
   echo "AWS GetAuthorizationToken calls so far: $(cat "$ECR_EMULATOR_CALLS")"
   echo "leader: $(kubectl get lease ecr-pull-secrets -n default -o jsonpath='{.spec.holderIdentity}')"
 }
@@ -69,21 +87,24 @@ alive() {
 }
 
 deadline=$((SECONDS + 60))
-until kubectl get secret ecr-pull-secret -n team-c >/dev/null 2>&1; do
+until kubectl get secret ecr-pull-secret -n team-c >/dev/null 2>&1 &&
+  kubectl get secret ecr-pull-secret-eu -n team-c >/dev/null 2>&1; do
   alive || exit 1
   ((SECONDS < deadline)) || { tail -n 20 "$TESTENV_DIR"/controller-*.log; echo "no secret after 60 s" >&2; exit 1; }
   sleep 0.2
 done
+kubectl wait --for=condition=Ready ecrpullsecret/teams-eu --timeout=30s >/dev/null
 say "secrets written"
 show
 
 say "creating namespace team-new while the controller runs"
 kubectl create namespace team-new >/dev/null
 start=$(date +%s%N)
-until kubectl get secret ecr-pull-secret -n team-new >/dev/null 2>&1; do
+until kubectl get secret ecr-pull-secret -n team-new >/dev/null 2>&1 &&
+  kubectl get secret ecr-pull-secret-eu -n team-new >/dev/null 2>&1; do
   (($(date +%s%N) - start < 10000000000)) || { echo "team-new got no secret" >&2; exit 1; }
 done
-echo "team-new has its secret after $((($(date +%s%N) - start) / 1000000)) ms"
+echo "team-new has both secrets after $((($(date +%s%N) - start) / 1000000)) ms"
 if kubectl get secret ecr-pull-secret -n skipped >/dev/null 2>&1; then
   echo "excluded namespace got a secret" >&2
   exit 1
