@@ -281,7 +281,7 @@ impl Supervisor {
         // Entries named like our Secret are ours only when nothing else writes that name.
         let shared = self.implicit_secret.as_ref() == Some(secret_name)
             || self.older_with_secret(resource).is_some();
-        let report = crate::cleanup::remove(
+        let removed = crate::cleanup::remove(
             &self.client,
             secret_name,
             Some(&name),
@@ -289,7 +289,46 @@ impl Supervisor {
             self.base.api_timeout,
             !shared && resource.spec.service_accounts.is_some(),
         )
-        .await?;
+        .await;
+        let report = match removed {
+            Ok(report) => report,
+            Err(Error::Kube {
+                source: kube::Error::Api(status),
+                context,
+            }) if status.code == 403 => {
+                let synced = resource
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.namespaces.as_ref())
+                    .is_some_and(|n| n.synced > 0);
+                if !synced {
+                    // Never allowed to watch its Secrets, so it never wrote one: nothing to
+                    // remove, and holding the resource forever would help nobody.
+                    tracing::warn!(
+                        resource = name,
+                        "EcrPullSecret deleted; its Secrets cannot be listed (forbidden) and it never synced one: nothing removed"
+                    );
+                    return Ok(Action::await_change());
+                }
+                let message = format!(
+                    "cannot remove this resource's Secrets ({context}: {}); add {secret_name} to the \
+                     ClusterRole's secrets resourceNames, or remove the finalizer {FINALIZER} by hand \
+                     to leave the Secrets behind",
+                    status.message
+                );
+                let mut status = resource.status.clone().unwrap_or_default();
+                status.conditions = conditions(
+                    &status.conditions,
+                    false,
+                    "Forbidden",
+                    &message,
+                    SystemTime::now(),
+                );
+                let _ = patch_status(&Api::all(self.client.clone()), &name, &status).await;
+                return Err(Error::Resource(message));
+            }
+            Err(error) => return Err(error),
+        };
         tracing::info!(
             resource = name,
             secrets = report.secrets.len(),
