@@ -158,3 +158,119 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     drop(controller);
     delete_namespaces(&admin, &[a, b]).await;
 }
+
+/// EcrPullSecret resources under the shipped RBAC: the CRD rules are enough to add and remove
+/// the finalizer and write the status; a resource whose secretName the ClusterRole does not
+/// name says so in its status.
+#[tokio::test]
+async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() {
+    use ecr_pull_secrets::crd::EcrPullSecret;
+    let Some(env) = testenv() else { return };
+    let admin = client().await;
+    let deploy = repo().join("deploy");
+    for file in ["crd/ecrpullsecrets.yaml", "common.yaml"] {
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            deploy.join(file).to_str().unwrap(),
+        ]);
+    }
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/ecrpullsecrets.ecr-pull-secrets.io",
+        "--timeout=30s",
+    ]);
+    put_credentials(
+        &admin,
+        "ecr-pull-secrets",
+        "aws-credentials",
+        "AKIATESTENV000000001",
+        "x",
+    )
+    .await;
+    let p = unique("rbac-crd");
+    let ns = format!("{p}-a");
+    create_namespace(&admin, &ns).await;
+    let api: Api<EcrPullSecret> = Api::all(admin.clone());
+    let (allowed, denied) = (format!("{p}-allowed"), format!("{p}-denied"));
+    let denied_secret = format!("not-in-the-role-{p}");
+    for (name, secret) in [
+        (&allowed, "ecr-pull-secret"),
+        (&denied, denied_secret.as_str()),
+    ] {
+        let resource: EcrPullSecret = serde_json::from_value(json!({
+            "apiVersion": "ecr-pull-secrets.io/v1alpha1",
+            "kind": "EcrPullSecret",
+            "metadata": {"name": name},
+            "spec": {
+                "secretName": secret,
+                "registries": [{"host": env.default_registry()}],
+                "namespaces": {"include": [ns]},
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &resource).await.unwrap();
+    }
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
+    let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();
+    // Resources only (no region): as the shipped Deployment runs with ECR_PULL_SECRETS_RESOURCES.
+    let controller = env.controller_with_env(
+        &p,
+        &[
+            "--resources",
+            "--namespace",
+            "ecr-pull-secrets",
+            "--credentials-secret",
+            "aws-credentials",
+            "--lease-name",
+            "ecr-pull-secrets",
+        ],
+        &[("KUBECONFIG", &kubeconfig_text), ("AWS_REGION", "")],
+    );
+    let condition = |r: &EcrPullSecret, type_: &str| {
+        r.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        })
+    };
+    eventually(
+        "the allowed resource Ready under the shipped RBAC",
+        // The other test's controller may still hold the shipped Lease (15 s).
+        Duration::from_secs(60),
+        || async {
+            let r = api.get(&allowed).await.ok()?;
+            let synced = r.status.as_ref()?.namespaces.as_ref()?.synced;
+            (condition(&r, "Ready")?.0 == "True" && synced == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(get_secret(&admin, &ns, "ecr-pull-secret").await.is_some());
+    let (_, reason, message) = eventually(
+        "the denied resource Degraded",
+        Duration::from_secs(30),
+        || async { condition(&api.get(&denied).await.ok()?, "Degraded").filter(|c| c.0 == "True") },
+    )
+    .await;
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(message.contains("resourceNames"), "{message}");
+    assert!(get_secret(&admin, &ns, &denied_secret).await.is_none());
+
+    // Deletion under the shipped RBAC: the finalizer is removed after the secret is.
+    for name in [&allowed, &denied] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in [&allowed, &denied] {
+        eventually(&format!("{name} gone"), Duration::from_secs(30), || async {
+            api.get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+    assert!(get_secret(&admin, &ns, "ecr-pull-secret").await.is_none());
+    drop(controller);
+    delete_namespaces(&admin, &[ns]).await;
+}
