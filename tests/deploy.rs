@@ -1,6 +1,7 @@
-//! Checks of the shipped monitoring files that need no cluster: the PrometheusRule carries the
-//! plain rules file unchanged, and every metric the alerts and the Grafana dashboard query is
-//! one the controller exports.
+//! Checks of the shipped files that need no cluster: the CRD in deploy/crd/ (and the Helm
+//! chart's copy) is the one the types generate, the PrometheusRule carries the plain rules file
+//! unchanged, and every metric the alerts and the Grafana dashboard query is one the controller
+//! exports.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -185,4 +186,19 @@ fn dashboard_queries_only_exported_metrics() {
             "the dashboard shows nothing of {name}"
         );
     }
+}
+
+#[test]
+fn shipped_crd_is_the_generated_one() {
+    let generated = ecr_pull_secrets::crd::crd_yaml();
+    assert!(
+        read("deploy/crd/ecrpullsecrets.yaml") == generated,
+        "deploy/crd/ecrpullsecrets.yaml is stale (src/crd.rs changed): regenerate it with \
+         `cargo run -q -- crd > deploy/crd/ecrpullsecrets.yaml`"
+    );
+    assert!(
+        read("deploy/helm/ecr-pull-secrets/crds/ecrpullsecrets.yaml") == generated,
+        "the Helm chart's copy of the CRD is stale: copy deploy/crd/ecrpullsecrets.yaml to \
+         deploy/helm/ecr-pull-secrets/crds/"
+    );
 }
