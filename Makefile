@@ -78,7 +78,7 @@ if $(KUBECTL) get crd ecrpullsecrets.ecr-pull-secrets.io >/dev/null 2>&1; then \
   $(KUBECTL) delete ecrpullsecrets --all --wait --timeout=$(DELETE_TIMEOUT) || { \
     echo "EcrPullSecrets not all gone after $(DELETE_TIMEOUT): while they hold the finalizer" \
          "ecr-pull-secrets.io/cleanup, a running controller must remove their Secrets. Start it" \
-         "(make run, or make deploy) and retry; docs/install.md#uninstalling has the manual way." >&2; \
+         "(make run, or make deploy) and retry; docs/install.md#the-ecrpullsecret-crd has the manual way." >&2; \
     exit 1; }; \
 fi
 endef
