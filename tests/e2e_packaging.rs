@@ -2,7 +2,8 @@
 //! rendering (kustomize base with the monitoring component, Helm with default values, with its
 //! CRD, with resources off and with every option set) passes the API server's validation, the
 //! chart exposes every flag, the rendered ClusterRoles and Roles grant exactly the least set
-//! documented in docs/security.md.
+//! documented in docs/security.md, and every example in deploy/examples/ is accepted by the
+//! installed EcrPullSecret CRD.
 //! Run through `tests/testenv.sh run -- cargo test --test e2e_packaging -- --test-threads=1`.
 
 mod support;
@@ -91,6 +92,26 @@ fn install_prometheus_operator_crds() {
             "--timeout=30s",
             "crd/servicemonitors.monitoring.coreos.com",
             "crd/prometheusrules.monitoring.coreos.com",
+        ],
+        None,
+    );
+}
+
+/// The EcrPullSecret CRD from deploy/crd/, installed and established.
+fn install_crd() {
+    let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
+    run(
+        "kubectl",
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        None,
+    );
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/ecrpullsecrets.ecr-pull-secrets.io",
         ],
         None,
     );
@@ -503,4 +524,72 @@ async fn rendered_roles_equal_the_documented_least_set() {
             resource_credentials: &["team-a-aws"],
         },
     );
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_by_the_crd() {
+    let Some(_env) = testenv() else { return };
+    install_crd();
+    // static-keys.yaml carries its credentials Secret in the controller's namespace.
+    ensure_namespace("ecr-pull-secrets");
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for file in &files {
+        let applied = run(
+            "kubectl",
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            applied.contains("ecrpullsecret.ecr-pull-secrets.io/"),
+            "{}: no EcrPullSecret applied:\n{applied}",
+            file.display()
+        );
+    }
+    // The dry run does check the CRD's schema and rules: a broken copy is refused, naming them.
+    let example = std::fs::read_to_string(repo().join("deploy/examples/static-keys.yaml")).unwrap();
+    for (from, to, message) in [
+        (
+            "secretName: team-a-pull",
+            "secretName: Team_A",
+            "secretName must be a DNS subdomain",
+        ),
+        (
+            "    secretRef:",
+            "    secretReference:",
+            "field not declared in schema",
+        ),
+    ] {
+        assert!(example.contains(from), "{from}");
+        let mut child = Command::new("kubectl")
+            .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(example.replace(from, to).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{to:?} should be refused with {message:?}: {stderr}"
+        );
+    }
 }
