@@ -5,6 +5,7 @@ TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
 .PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit bench
+.PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
@@ -60,3 +61,48 @@ bench: testenv
 ## advisory check (needs the RustSec advisory database).
 audit:
 	$(CARGO) audit
+
+# Operator workflow, as a kubebuilder project offers it, against the cluster of the current
+# kubeconfig (KUBECONFIG or ~/.kube/config): `make install run` while developing,
+# `make deploy` / `make undeploy` for the whole base. docs/install.md#operator-workflow.
+KUBECTL ?= kubectl
+CRD := deploy/crd/ecrpullsecrets.yaml
+RUN_ARGS ?=
+DELETE_TIMEOUT ?= 120s
+
+# Deletes every EcrPullSecret (when the CRD is installed) and waits until a running controller
+# has removed their Secrets and ServiceAccount entries and released the finalizer. Deleting the
+# CRD deletes them anyway; doing it first, while the controller runs, lets it clean up.
+define delete_resources
+if $(KUBECTL) get crd ecrpullsecrets.ecr-pull-secrets.io >/dev/null 2>&1; then \
+  $(KUBECTL) delete ecrpullsecrets --all --wait --timeout=$(DELETE_TIMEOUT) || { \
+    echo "EcrPullSecrets not all gone after $(DELETE_TIMEOUT): while they hold the finalizer" \
+         "ecr-pull-secrets.io/cleanup, a running controller must remove their Secrets. Start it" \
+         "(make run, or make deploy) and retry; docs/install.md#the-ecrpullsecret-crd has the manual way." >&2; \
+    exit 1; }; \
+fi
+endef
+
+## install: the EcrPullSecret CRD into the current kubeconfig's cluster.
+install:
+	$(KUBECTL) apply --server-side -f $(CRD)
+	$(KUBECTL) wait --for=condition=Established --timeout=60s crd/ecrpullsecrets.ecr-pull-secrets.io
+
+## uninstall: every EcrPullSecret (cleaned up by a running controller), then the CRD.
+uninstall:
+	$(delete_resources)
+	$(KUBECTL) delete --ignore-not-found -f $(CRD)
+
+## run: the controller from source against the current kubeconfig, serving EcrPullSecrets;
+## RUN_ARGS adds flags, e.g. RUN_ARGS="--region eu-west-1 --credentials-secret aws-credentials".
+run:
+	$(CARGO) run -- run --resources $(RUN_ARGS)
+
+## deploy: the kustomize base (CRD, namespace, RBAC, Deployment): kubectl apply -k deploy.
+deploy:
+	$(KUBECTL) apply -k deploy
+
+## undeploy: every EcrPullSecret (cleaned up by the deployed controller), then the base.
+undeploy:
+	$(delete_resources)
+	$(KUBECTL) delete --ignore-not-found -k deploy

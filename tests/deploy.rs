@@ -1,11 +1,17 @@
-//! Checks of the shipped monitoring files that need no cluster: the PrometheusRule carries the
-//! plain rules file unchanged, and every metric the alerts and the Grafana dashboard query is
-//! one the controller exports.
+//! Checks of the shipped files that need no cluster: the CRD in deploy/crd/ (and the Helm
+//! chart's copy) is the one the types generate, the examples in deploy/examples/ make valid
+//! configurations and their README names the Secrets each needs, the PrometheusRule carries
+//! the plain rules file unchanged, and every metric the alerts and the Grafana dashboard query
+//! is one the controller exports.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use clap::Parser;
+use ecr_pull_secrets::config::{Cli, Command};
+use ecr_pull_secrets::crd::EcrPullSecret;
 use ecr_pull_secrets::metrics::Metrics;
+use serde::Deserialize;
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -183,6 +189,162 @@ fn dashboard_queries_only_exported_metrics() {
         assert!(
             queried.iter().any(|q| q.starts_with(family)),
             "the dashboard shows nothing of {name}"
+        );
+    }
+}
+
+#[test]
+fn shipped_crd_is_the_generated_one() {
+    let generated = ecr_pull_secrets::crd::crd_yaml();
+    assert!(
+        read("deploy/crd/ecrpullsecrets.yaml") == generated,
+        "deploy/crd/ecrpullsecrets.yaml is stale (src/crd.rs changed): regenerate it with \
+         `cargo run -q -- crd > deploy/crd/ecrpullsecrets.yaml`"
+    );
+    assert!(
+        read("deploy/helm/ecr-pull-secrets/crds/ecrpullsecrets.yaml") == generated,
+        "the Helm chart's copy of the CRD is stale: copy deploy/crd/ecrpullsecrets.yaml to \
+         deploy/helm/ecr-pull-secrets/crds/"
+    );
+}
+
+/// Every `EcrPullSecret` in deploy/examples/, with the file it is in.
+fn examples() -> Vec<(String, EcrPullSecret)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut found = Vec::new();
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut resources = 0;
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if value["kind"] == "EcrPullSecret" {
+                let resource: EcrPullSecret =
+                    serde_json::from_value(value).unwrap_or_else(|e| panic!("{name}: {e}"));
+                found.push((name.clone(), resource));
+                resources += 1;
+            }
+        }
+        assert_eq!(resources, 1, "{name}: one EcrPullSecret per example");
+    }
+    found
+}
+
+#[test]
+fn examples_make_valid_configurations() {
+    let Command::Run(base) = Cli::parse_from(["ecr-pull-secrets", "run", "--resources"]).command
+    else {
+        unreachable!()
+    };
+    let examples = examples();
+    assert_eq!(examples.len(), 3, "{examples:?}");
+    for (file, resource) in examples {
+        // What the controller does with the spec: globs, the label selector, durations.
+        if let Err(e) = resource.spec.to_run_args(&base) {
+            panic!("{file}: {e}");
+        }
+    }
+}
+
+#[test]
+fn examples_readme_names_the_secrets_each_example_needs() {
+    let readme = read("deploy/examples/README.md");
+    for (file, resource) in examples() {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| [{file}]")))
+            .unwrap_or_else(|| panic!("deploy/examples/README.md has no row for {file}"));
+        let credentials = resource
+            .spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.secret_ref.as_ref())
+            .map(|r| r.name.clone());
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(
+            cells[2],
+            format!("`{}`", resource.spec.secret_name),
+            "{file}: the README's Secret name"
+        );
+        assert_eq!(
+            cells[3],
+            credentials
+                .as_ref()
+                .map_or("none".to_string(), |n| format!("`{n}`")),
+            "{file}: the README's credentials Secret"
+        );
+        // ... and its RBAC snippets grant them: the kustomize patch (ClusterRole rule 2 is the
+        // Secret rule by name, Role rule 0 the credentials rule) and the Helm values.
+        let line = |prefix: &str| {
+            readme
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("deploy/examples/README.md has no line {prefix:?}"))
+        };
+        let secret = &resource.spec.secret_name;
+        assert!(
+            readme.contains(&format!(
+                "path: /rules/2/resourceNames/-, value: {secret} }}"
+            )),
+            "{file}: the README's kustomize patch does not add {secret} to the ClusterRole"
+        );
+        assert!(
+            line("  secretNames: [").contains(secret.as_str()),
+            "{file}: the README's Helm values do not list {secret}"
+        );
+        if let Some(credentials) = &credentials {
+            assert!(
+                readme.contains(&format!(
+                    "path: /rules/0/resourceNames/-, value: {credentials} }}"
+                )),
+                "{file}: the README's kustomize patch does not add {credentials} to the Role"
+            );
+            assert!(
+                line("  credentialsSecrets: [").contains(credentials.as_str()),
+                "{file}: the README's Helm values do not list {credentials}"
+            );
+        }
+    }
+}
+
+#[test]
+fn documented_patch_paths_point_at_the_secret_rules() {
+    // docs/install.md and deploy/examples/README.md add names with JSON patches on
+    // /rules/2/resourceNames (ClusterRole) and /rules/0/resourceNames (Role).
+    let common = read("deploy/common.yaml");
+    let mut checked = 0;
+    for document in serde_yaml_ng::Deserializer::from_str(&common) {
+        let object = Value::deserialize(document).unwrap();
+        let (index, name) = match object["kind"].as_str() {
+            Some("ClusterRole") => (2, "ecr-pull-secret"),
+            Some("Role") => (0, "aws-credentials"),
+            _ => continue,
+        };
+        let rule = &object["rules"][index];
+        assert_eq!(
+            (
+                rule["resources"][0].as_str(),
+                rule["resourceNames"][0].as_str()
+            ),
+            (Some("secrets"), Some(name)),
+            "{} rule {index} is no longer the Secret rule by name: fix the patch paths in \
+             docs/install.md and deploy/examples/README.md",
+            object["kind"]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+    for doc in ["docs/install.md", "deploy/examples/README.md"] {
+        let text = read(doc);
+        assert!(
+            text.contains("/rules/2/resourceNames/-") && text.contains("/rules/0/resourceNames/-"),
+            "{doc}"
         );
     }
 }

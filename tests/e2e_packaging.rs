@@ -1,7 +1,9 @@
 //! End to end: packaging (issue: packaging and least privilege). The Helm chart lints, every
-//! rendering (kustomize base with the monitoring component, Helm with default values and with
-//! every option set) passes the API server's validation, the chart exposes every flag, and the
-//! rendered ClusterRoles and Roles grant exactly the least set documented in docs/security.md.
+//! rendering (kustomize base with the monitoring component, Helm with default values, with its
+//! CRD, with resources off and with every option set) passes the API server's validation, the
+//! chart exposes every flag, the rendered ClusterRoles and Roles grant exactly the least set
+//! documented in docs/security.md, and every example in deploy/examples/ is accepted by the
+//! installed EcrPullSecret CRD.
 //! Run through `tests/testenv.sh run -- cargo test --test e2e_packaging -- --test-threads=1`.
 
 mod support;
@@ -62,6 +64,56 @@ fn ensure_namespace(name: &str) {
         Some(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
         )),
+    );
+}
+
+/// The Prometheus operator's CRDs (the monitoring component and the chart's ServiceMonitor and
+/// PrometheusRule need them to be parsed and applied). Each test installs them, so that any one
+/// of them runs alone.
+fn install_prometheus_operator_crds() {
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            repo()
+                .join("tests/fixtures/prometheus-operator-crds.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+        None,
+    );
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ],
+        None,
+    );
+}
+
+/// The EcrPullSecret CRD from deploy/crd/, installed and established.
+fn install_crd() {
+    let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
+    run(
+        "kubectl",
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        None,
+    );
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/ecrpullsecrets.ecr-pull-secrets.io",
+        ],
+        None,
     );
 }
 
@@ -183,6 +235,12 @@ struct Names<'a> {
     lease: &'a str,
     credentials: Option<&'a str>,
     service_accounts: bool,
+    /// `--resources`: EcrPullSecret resources are served.
+    resources: bool,
+    /// The `spec.secretName`s of the resources, granted next to `secret`.
+    resource_secrets: &'a [&'a str],
+    /// Their `spec.credentials.secretRef.name`s, granted next to `credentials`.
+    resource_credentials: &'a [&'a str],
 }
 
 /// The least set from the table in docs/security.md, for a configuration.
@@ -199,31 +257,38 @@ fn documented(names: &Names) -> BTreeSet<Grant> {
         let [scope, group, resource, name, verbs, when] = cells[..] else {
             panic!("row {row:?} should have 6 cells");
         };
-        let applies = match when {
+        // "a or b": the row applies when either does.
+        let applies = when.split(" or ").any(|condition| match condition {
             "always" => true,
             "service accounts" => names.service_accounts,
             "credentials secret" => names.credentials.is_some(),
+            "resources" => names.resources,
             other => panic!("unknown condition {other:?}"),
-        };
+        });
         if !applies {
             continue;
         }
         let group = if group == "core" { "" } else { group };
-        let name = match name {
-            "" => "",
-            "secret name" => names.secret,
-            "lease name" => names.lease,
-            "credentials secret" => names.credentials.unwrap(),
+        // Name lists grant each of their names; an empty list grants nothing.
+        let resource_names: Vec<&str> = match name {
+            "" => vec![""],
+            "secret name" => vec![names.secret],
+            "lease name" => vec![names.lease],
+            "credentials secret" => vec![names.credentials.unwrap()],
+            "resource secret names" => names.resource_secrets.to_vec(),
+            "resource credentials secrets" => names.resource_credentials.to_vec(),
             other => panic!("unknown resourceName {other:?}"),
         };
-        for verb in verbs.split(',').map(str::trim) {
-            grants.insert((
-                scope.to_string(),
-                group.to_string(),
-                resource.to_string(),
-                name.to_string(),
-                verb.to_string(),
-            ));
+        for name in resource_names {
+            for verb in verbs.split(',').map(str::trim) {
+                grants.insert((
+                    scope.to_string(),
+                    group.to_string(),
+                    resource.to_string(),
+                    name.to_string(),
+                    verb.to_string(),
+                ));
+            }
         }
     }
     grants
@@ -258,30 +323,7 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("writeQps"), "{stderr}");
 
-    run(
-        "kubectl",
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            repo()
-                .join("tests/fixtures/prometheus-operator-crds.yaml")
-                .to_str()
-                .unwrap(),
-        ],
-        None,
-    );
-    run(
-        "kubectl",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-        ],
-        None,
-    );
+    install_prometheus_operator_crds();
 
     // A server-side dry run needs the namespaces to exist.
     ensure_namespace("ecr-pull-secrets");
@@ -299,6 +341,44 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     ensure_namespace("helm-default");
     let default = helm_template("helm-default", None);
     dry_run_apply(&default);
+    assert!(
+        default.contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"true\"\n"),
+        "resources are served by default"
+    );
+    // `helm install` also installs the chart's crds/: the CRD passes too.
+    let crds = run(
+        "helm",
+        &[
+            "template",
+            "ecr-pull-secrets",
+            &chart(),
+            "-n",
+            "helm-default",
+            "--include-crds",
+        ],
+        None,
+    );
+    assert!(dry_run_apply(&crds).contains(
+        "customresourcedefinition.apiextensions.k8s.io/ecrpullsecrets.ecr-pull-secrets.io"
+    ));
+    let off = run(
+        "helm",
+        &[
+            "template",
+            "ecr-pull-secrets",
+            &chart(),
+            "-n",
+            "helm-default",
+            "--set",
+            "customResources.enabled=false",
+        ],
+        None,
+    );
+    dry_run_apply(&off);
+    assert!(
+        off.contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"false\"\n"),
+        "customResources.enabled=false turns --resources off"
+    );
 
     ensure_namespace("helm-all");
     ensure_namespace("all-options-leases");
@@ -344,30 +424,27 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
 #[tokio::test]
 async fn rendered_roles_equal_the_documented_least_set() {
     let Some(env) = testenv() else { return };
+    install_prometheus_operator_crds();
+    // The kustomize base serves resources and lists none of their names: users add them.
+    let kustomize = Names {
+        secret: "ecr-pull-secret",
+        lease: "ecr-pull-secrets",
+        credentials: Some("aws-credentials"),
+        service_accounts: true,
+        resources: true,
+        resource_secrets: &[],
+        resource_credentials: &[],
+    };
     let base = run(
         "kubectl",
         &["kustomize", repo().join("deploy").to_str().unwrap()],
         None,
     );
-    assert_least(
-        "kustomize base",
-        &base,
-        &Names {
-            secret: "ecr-pull-secret",
-            lease: "ecr-pull-secrets",
-            credentials: Some("aws-credentials"),
-            service_accounts: true,
-        },
-    );
+    assert_least("kustomize base", &base, &kustomize);
     assert_least(
         "kustomize base with monitoring",
         &kustomize_with_monitoring(&env.dir),
-        &Names {
-            secret: "ecr-pull-secret",
-            lease: "ecr-pull-secrets",
-            credentials: Some("aws-credentials"),
-            service_accounts: true,
-        },
+        &kustomize,
     );
     assert_least(
         "helm, default values",
@@ -377,6 +454,9 @@ async fn rendered_roles_equal_the_documented_least_set() {
             lease: "ecr-pull-secrets",
             credentials: None,
             service_accounts: false,
+            resources: true,
+            resource_secrets: &[],
+            resource_credentials: &[],
         },
     );
     assert_least(
@@ -397,6 +477,38 @@ async fn rendered_roles_equal_the_documented_least_set() {
             lease: "ecr-pull-secrets",
             credentials: Some("aws"),
             service_accounts: false,
+            resources: true,
+            resource_secrets: &[],
+            resource_credentials: &[],
+        },
+    );
+    // Resources off: no CRD rules, no ServiceAccounts, and the resources' names are not granted
+    // even when listed.
+    assert_least(
+        "helm, resources off",
+        &run(
+            "helm",
+            &[
+                "template",
+                "ecr-pull-secrets",
+                &chart(),
+                "--set",
+                "customResources.enabled=false",
+                "--set",
+                "customResources.secretNames={team-a-pull}",
+                "--set",
+                "customResources.credentialsSecrets={team-a-aws}",
+            ],
+            None,
+        ),
+        &Names {
+            secret: "ecr-pull-secret",
+            lease: "ecr-pull-secrets",
+            credentials: None,
+            service_accounts: false,
+            resources: false,
+            resource_secrets: &[],
+            resource_credentials: &[],
         },
     );
     assert_least(
@@ -407,6 +519,77 @@ async fn rendered_roles_equal_the_documented_least_set() {
             lease: "all-options-lease",
             credentials: Some("ecr-pull-secrets-all-aws"),
             service_accounts: true,
+            resources: true,
+            resource_secrets: &["team-a-pull", "team-b-pull"],
+            resource_credentials: &["team-a-aws"],
         },
     );
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_by_the_crd() {
+    let Some(_env) = testenv() else { return };
+    install_crd();
+    // static-keys.yaml carries its credentials Secret in the controller's namespace.
+    ensure_namespace("ecr-pull-secrets");
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for file in &files {
+        let applied = run(
+            "kubectl",
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            applied.contains("ecrpullsecret.ecr-pull-secrets.io/"),
+            "{}: no EcrPullSecret applied:\n{applied}",
+            file.display()
+        );
+    }
+    // The dry run does check the CRD's schema and rules: a broken copy is refused, naming them.
+    let example = std::fs::read_to_string(repo().join("deploy/examples/static-keys.yaml")).unwrap();
+    for (from, to, message) in [
+        (
+            "secretName: team-a-pull",
+            "secretName: Team_A",
+            "secretName must be a DNS subdomain",
+        ),
+        (
+            "    secretRef:",
+            "    secretReference:",
+            "field not declared in schema",
+        ),
+    ] {
+        assert!(example.contains(from), "{from}");
+        let mut child = Command::new("kubectl")
+            .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(example.replace(from, to).as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message),
+            "{to:?} should be refused with {message:?}: {stderr}"
+        );
+    }
 }

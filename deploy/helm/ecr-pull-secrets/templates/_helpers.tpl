@@ -44,3 +44,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "ecr-pull-secrets.leaseNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.leaseNamespace -}}
 {{- end -}}
+
+{{/* The Secret names the ClusterRole grants: secretName and, with EcrPullSecret resources, theirs. */}}
+{{- define "ecr-pull-secrets.secretNames" -}}
+{{- $names := list .Values.secretName -}}
+{{- if .Values.customResources.enabled -}}
+{{- $names = concat $names .Values.customResources.secretNames -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end -}}
+
+{{/* The credentials Secrets the Role grants, as a JSON list (empty: no Role). */}}
+{{- define "ecr-pull-secrets.credentialsSecrets" -}}
+{{- $names := list -}}
+{{- with include "ecr-pull-secrets.credentialsSecret" . -}}
+{{- $names = append $names . -}}
+{{- end -}}
+{{- if .Values.customResources.enabled -}}
+{{- $names = concat $names .Values.customResources.credentialsSecrets -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
+{{- end -}}
