@@ -263,12 +263,16 @@ pub struct EcrPullSecretStatus {
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceCounts {
     /// Holding the current secret.
+    #[schemars(extend("format" = "int32"))]
     pub synced: u32,
     /// Last write failed (retried with backoff).
+    #[schemars(extend("format" = "int32"))]
     pub failed: u32,
     /// A foreign Secret with our name is in the way (left untouched).
+    #[schemars(extend("format" = "int32"))]
     pub conflict: u32,
     /// Waiting for the first token.
+    #[schemars(extend("format" = "int32"))]
     pub pending: u32,
 }
 
@@ -282,6 +286,7 @@ pub struct IdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refresh_time: Option<String>,
     /// Fetches failed in a row since the last success.
+    #[schemars(extend("format" = "int32"))]
     pub consecutive_failures: u32,
     /// The last failure, when the latest fetch failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
