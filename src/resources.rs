@@ -90,30 +90,40 @@ struct Supervisor {
     stop: watch::Receiver<bool>,
 }
 
-/// One resource's pipeline and status writer.
+/// One resource's pipeline and status writer. Dropped (the leader's work dropped on a lost
+/// lease), it aborts both: nothing outlives the leadership that started it.
 struct Running {
     uid: String,
     generation: i64,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
-    pipeline: tokio::task::JoinHandle<()>,
+    pipeline: Option<tokio::task::JoinHandle<()>>,
     status: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops the pipeline (letting in-flight writes finish, within a deadline) and forgets its
     /// metrics.
-    async fn stop(self, api_timeout: Duration) {
+    async fn stop(mut self, api_timeout: Duration) {
         self.status.abort();
         self.stop.send_replace(true);
-        let mut pipeline = self.pipeline;
-        if tokio::time::timeout(api_timeout + Duration::from_secs(2), &mut pipeline)
-            .await
-            .is_err()
+        if let Some(mut pipeline) = self.pipeline.take()
+            && tokio::time::timeout(api_timeout + Duration::from_secs(2), &mut pipeline)
+                .await
+                .is_err()
         {
             pipeline.abort();
         }
         self.metrics.forget();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.status.abort();
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.abort();
+        }
     }
 }
 
@@ -217,7 +227,7 @@ impl Supervisor {
                 generation,
                 metrics,
                 stop: stop_tx,
-                pipeline,
+                pipeline: Some(pipeline),
                 status,
             },
         );
