@@ -400,9 +400,22 @@ impl EcrPullSecretSpec {
         let namespaces = self.namespaces.clone().unwrap_or_default();
         args.target_namespaces = namespaces.include;
         args.exclude_namespaces = namespaces.exclude;
+        // The selection's errors name the flags; here the fields are what the user wrote.
+        args.selection().map_err(|e| {
+            e.replace("--target-namespaces", "spec.namespaces.include")
+                .replace("--exclude-namespaces", "spec.namespaces.exclude")
+        })?;
         args.namespace_selector = match &namespaces.selector {
             Some(selector) => {
-                selector_string(selector).map_err(|e| format!("spec.namespaces.selector: {e}"))?
+                let text = selector_string(selector)
+                    .map_err(|e| format!("spec.namespaces.selector: {e}"))?;
+                crate::selection::Selection::new(&[], &[], text.as_deref()).map_err(|e| {
+                    format!(
+                        "spec.namespaces.selector: {}",
+                        e.to_string().replace("--namespace-selector: ", "")
+                    )
+                })?;
+                text
             }
             None => None,
         };
@@ -416,16 +429,18 @@ impl EcrPullSecretSpec {
             None => None,
         };
         args.adopt_existing = self.adopt_existing;
-        let credentials = self.credentials.clone().unwrap_or_default();
-        if let Some(secret) = credentials.secret_ref {
-            args.credentials_secret = Some(secret.name);
-        }
-        if credentials.role_arn.is_some() {
+        // Without spec.credentials the resource is the controller's own identity (its
+        // credentials and role); with it, its secretRef (else the controller's base
+        // credentials) and only its own role.
+        if let Some(credentials) = self.credentials.clone() {
+            if let Some(secret) = credentials.secret_ref {
+                args.credentials_secret = Some(secret.name);
+            }
             args.role_arn = credentials.role_arn;
             args.role_external_id = credentials.external_id;
-        }
-        if let Some(session) = credentials.role_session_name {
-            args.role_session_name = session;
+            if let Some(session) = credentials.role_session_name {
+                args.role_session_name = session;
+            }
         }
         let refresh = self.refresh.clone().unwrap_or_default();
         if let Some(margin) = &refresh.margin {
@@ -575,10 +590,41 @@ mod tests {
     }
 
     #[test]
+    fn credentials_replace_the_controllers_identity_as_a_whole() {
+        let mut controller = base();
+        controller.role_arn = Some("arn:aws:iam::123456789012:role/controller".into());
+        controller.credentials_secret = Some("controller-keys".into());
+        // No spec.credentials: the controller's identity, role included.
+        let own = spec("secretName: s\necrPublic: true\n")
+            .to_run_args(&controller)
+            .unwrap();
+        assert_eq!(own.role_arn, controller.role_arn);
+        // spec.credentials with keys only: those keys, and no role.
+        let keys = spec("secretName: s\necrPublic: true\ncredentials: {secretRef: {name: k}}\n")
+            .to_run_args(&controller)
+            .unwrap();
+        assert_eq!(keys.credentials_secret.as_deref(), Some("k"));
+        assert_eq!(keys.role_arn, None);
+        // spec.credentials with a role only: the controller's base credentials, that role.
+        let role = spec(
+            "secretName: s\necrPublic: true\ncredentials: {roleArn: 'arn:aws:iam::123456789012:role/team'}\n",
+        )
+        .to_run_args(&controller)
+        .unwrap();
+        assert_eq!(role.credentials_secret.as_deref(), Some("controller-keys"));
+        assert_eq!(
+            role.role_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/team")
+        );
+    }
+
+    #[test]
     fn spec_errors_name_the_field() {
         let bad_glob = spec("secretName: s\necrPublic: true\nnamespaces: {include: ['Team_A']}\n");
         let error = bad_glob.to_run_args(&base()).unwrap_err();
         assert!(error.contains("Team_A"), "{error}");
+        assert!(error.contains("spec.namespaces.include"), "{error}");
+        assert!(!error.contains("--target-namespaces"), "{error}");
         let bad_host = spec(
             "secretName: s\nregistries: [{host: 123456789012.dkr.ecr.cn-north-1.amazonaws.com}]\n",
         );

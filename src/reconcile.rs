@@ -540,16 +540,17 @@ pub async fn reconcile(
             ctx.metrics.namespace_state(&namespace, Some("failed"));
             if let Error::Kube {
                 source: kube::Error::Api(status),
-                ..
+                context,
             } = &error
                 && status.code == 403
             {
                 ctx.metrics.problem(
                     "Forbidden",
                     format!(
-                        "writing Secret {} in namespace {namespace} was refused ({}); add {} to the \
-                         ClusterRole's secrets resourceNames (docs/security.md)",
-                        ctx.secret_name, status.message, ctx.secret_name
+                        "{context} in namespace {namespace} was refused ({}); grant the controller \
+                         the rights in docs/security.md (Secret {} must be in the secrets resourceNames; \
+                         ServiceAccounts need get, list, watch, patch)",
+                        status.message, ctx.secret_name
                     ),
                 );
             }

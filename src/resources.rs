@@ -18,6 +18,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::{Mutex, watch};
+use tracing::Instrument;
 
 use crate::Error;
 use crate::config::RunArgs;
@@ -263,8 +264,10 @@ impl Supervisor {
         }
         tracing::warn!(resource = name, reason, message, "EcrPullSecret not served");
         let previous = resource.status.clone().unwrap_or_default();
+        // The counts stay: they are what deletion goes by when it may not list the Secrets.
         let status = EcrPullSecretStatus {
             observed_generation: resource.metadata.generation,
+            namespaces: previous.namespaces.clone(),
             conditions: conditions(
                 &previous.conditions,
                 false,
@@ -291,15 +294,31 @@ impl Supervisor {
         // Entries named like our Secret are ours only when nothing else writes that name.
         let shared = self.implicit_secret.as_ref() == Some(secret_name)
             || self.older_with_secret(resource).is_some();
-        let removed = crate::cleanup::remove(
+        // Entries are removed even when spec.serviceAccounts is unset now: an earlier
+        // generation may have set it. Without the right to list ServiceAccounts, and with none
+        // configured, there is nothing this resource could have added.
+        let mut removed = crate::cleanup::remove(
             &self.client,
             secret_name,
             Some(&name),
             false,
             self.base.api_timeout,
-            !shared && resource.spec.service_accounts.is_some(),
+            !shared,
         )
         .await;
+        if resource.spec.service_accounts.is_none()
+            && matches!(&removed, Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.code == 403)
+        {
+            removed = crate::cleanup::remove(
+                &self.client,
+                secret_name,
+                Some(&name),
+                false,
+                self.base.api_timeout,
+                false,
+            )
+            .await;
+        }
         let report = match removed {
             Ok(report) => report,
             Err(Error::Kube {
@@ -369,9 +388,10 @@ async fn keep_running(
         }
         merged_tx.send_replace(true);
     });
+    // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
     let backoff = crate::backoff::Exponential {
         initial: Duration::from_secs(1),
-        max: Duration::from_secs(300),
+        max: Duration::from_secs(30),
     };
     let mut failures = 0u32;
     loop {
@@ -382,6 +402,8 @@ async fn keep_running(
             metrics.clone(),
             merged.clone(),
         )
+        // The resource's name on every log line of its pipeline, token refreshes included.
+        .instrument(tracing::info_span!("resource", name = name.as_str()))
         .await;
         match result {
             Ok(()) => break,

@@ -15,6 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config as KubeConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use std::sync::atomic::Ordering;
 
@@ -217,22 +218,29 @@ pub(crate) async fn lead(
     let (tokens_tx, tokens_rx) = watch::channel(BTreeMap::new());
     for region in &regions {
         let source = EcrTokenSource::new(&sdk_config, region);
-        tasks.spawn(token::keep_fresh(
-            source,
-            args.refresh_policy(),
-            Backoff::default(),
-            tokens_tx.clone(),
-            metrics.clone(),
-        ));
+        // In the caller's span: a resource's name on its token log lines.
+        tasks.spawn(
+            token::keep_fresh(
+                source,
+                args.refresh_policy(),
+                Backoff::default(),
+                tokens_tx.clone(),
+                metrics.clone(),
+            )
+            .in_current_span(),
+        );
     }
     if args.ecr_public {
-        tasks.spawn(token::keep_fresh(
-            EcrPublicTokenSource::new(&sdk_config),
-            args.refresh_policy(),
-            Backoff::default(),
-            tokens_tx.clone(),
-            metrics.clone(),
-        ));
+        tasks.spawn(
+            token::keep_fresh(
+                EcrPublicTokenSource::new(&sdk_config),
+                args.refresh_policy(),
+                Backoff::default(),
+                tokens_tx.clone(),
+                metrics.clone(),
+            )
+            .in_current_span(),
+        );
     }
     let (desired_tx, desired_rx) = watch::channel(None);
     tasks.spawn(render_on_change(
@@ -497,7 +505,8 @@ async fn aws_config(
         tasks.spawn(
             provider
                 .clone()
-                .follow(client.clone(), namespace.clone(), name.clone()),
+                .follow(client.clone(), namespace.clone(), name.clone())
+                .in_current_span(),
         );
         tracing::info!(
             namespace,
