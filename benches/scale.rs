@@ -46,6 +46,10 @@ struct Args {
     /// Length of the steady-state window.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     steady: Duration,
+    /// Then serve this many EcrPullSecret resources, each selecting every namespace under its
+    /// own secret name, with a fresh controller: cold start and memory per resource.
+    #[arg(long, default_value_t = 0)]
+    resources: usize,
     /// cargo bench passes --bench; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -107,11 +111,16 @@ impl TestEnv {
     }
 
     fn controller(&self, name: &str, args: &[&str]) -> Controller {
+        self.controller_with_env(name, args, &[])
+    }
+
+    fn controller_with_env(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Controller {
         let log = Path::new(&self.dir).join(format!("controller-{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
             .arg("run")
             .args(args)
             .envs(&self.vars)
+            .envs(env.iter().copied())
             .env("POD_NAME", name)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -611,8 +620,24 @@ async fn main() {
         .first_change_after(writes_seen)
         .map_or(served, |t| t.duration_since(killed));
     drop(follower);
+    all_names.push(name);
 
-    let report = json!({
+    let resources = if args.resources > 0 {
+        Some(
+            serve_resources(
+                &env,
+                &client,
+                args.resources,
+                all_names.len(),
+                controller_namespace,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+
+    let mut report = json!({
         "namespaces": n,
         "cold_start_seconds": cold_start.as_secs_f64(),
         "floor_seconds": floor_time.as_secs_f64(),
@@ -638,7 +663,7 @@ async fn main() {
         "failover_seconds": failover.as_secs_f64(),
         "failover_new_namespace_seconds": served.as_secs_f64(),
     });
-    let rows = [
+    let mut rows = vec![
         ("namespaces", format!("{n}"), ""),
         (
             "floor (plain client, SSA x N)",
@@ -711,6 +736,28 @@ async fn main() {
             "",
         ),
     ];
+    if let Some(r) = &resources {
+        report["resources"] = json!(r.count);
+        report["resources_cold_start_seconds"] = json!(r.cold_start.as_secs_f64());
+        report["resources_peak_rss_mib"] = json!(r.peak_rss_mib);
+        report["resources_rss_mib_per_resource"] =
+            json!((r.peak_rss_mib - follower_hwm as f64 / 1024.0) / r.count as f64);
+        rows.push((
+            "EcrPullSecret resources (each every namespace)",
+            format!("{}", r.count),
+            "",
+        ));
+        rows.push((
+            "resources: cold start to all synced",
+            format!("{:.2} s", r.cold_start.as_secs_f64()),
+            "",
+        ));
+        rows.push((
+            "resources: peak RSS",
+            format!("{:.1} MiB", r.peak_rss_mib),
+            "",
+        ));
+    }
     println!("\n{:<46} {:>14}  target", "measure", "value");
     for (name, value, target) in rows {
         println!("{name:<46} {value:>14}  {target}");
@@ -720,5 +767,103 @@ async fn main() {
     if let Some(path) = args.json {
         std::fs::write(&path, text + "\n").expect("write the JSON report");
         eprintln!("scale: report written to {}", path.display());
+    }
+}
+
+struct ResourcesRun {
+    count: usize,
+    cold_start: Duration,
+    peak_rss_mib: f64,
+}
+
+/// `count` EcrPullSecrets, each selecting every bench namespace (`expected` of them) under its
+/// own secret name, served by a fresh controller: time until every status counts `expected`
+/// synced, and that controller's peak RSS.
+async fn serve_resources(
+    env: &TestEnv,
+    client: &Client,
+    count: usize,
+    expected: usize,
+    controller_namespace: &str,
+) -> ResourcesRun {
+    use ecr_pull_secrets::crd::EcrPullSecret;
+    let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
+    for args in [
+        vec!["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        vec![
+            "wait",
+            "--for=condition=Established",
+            "crd/ecrpullsecrets.ecr-pull-secrets.io",
+            "--timeout=30s",
+        ],
+    ] {
+        let status = Command::new("kubectl")
+            .args(&args)
+            .envs(&env.vars)
+            .status()
+            .unwrap();
+        assert!(status.success(), "kubectl {args:?}");
+    }
+    let api: Api<EcrPullSecret> = Api::all(client.clone());
+    let names: Vec<String> = (0..count).map(|k| format!("bench-r{k}")).collect();
+    for name in &names {
+        let resource: EcrPullSecret = serde_json::from_value(json!({
+            "apiVersion": "ecr-pull-secrets.io/v1alpha1",
+            "kind": "EcrPullSecret",
+            "metadata": {"name": name},
+            "spec": {
+                "secretName": name,
+                "registries": [{"host": "123456789012.dkr.ecr.us-east-1.amazonaws.com"}],
+                "namespaces": {"include": [format!("{PREFIX}-*")]},
+                "writes": {"qps": 10000, "burst": 10000},
+            },
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &resource).await.unwrap();
+    }
+    let started = Instant::now();
+    let controller = env.controller_with_env(
+        "resources",
+        &[
+            "--resources",
+            "--namespace",
+            controller_namespace,
+            "--lease-name",
+            "bench-resources",
+            "--admin-address",
+            "127.0.0.1:0",
+        ],
+        &[("AWS_REGION", "")],
+    );
+    loop {
+        let list = api.list(&Default::default()).await.unwrap();
+        let synced = list
+            .items
+            .iter()
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.namespaces.as_ref())
+                    .is_some_and(|n| n.synced as usize == expected)
+            })
+            .count();
+        if synced == count {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "resources not synced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cold_start = started.elapsed();
+    let peak_rss_mib = controller.usage().peak as f64 / 1024.0;
+    eprintln!(
+        "scale: {count} resources synced in {cold_start:.2?}, peak RSS {peak_rss_mib:.1} MiB"
+    );
+    ResourcesRun {
+        count,
+        cold_start,
+        peak_rss_mib,
     }
 }

@@ -44,6 +44,12 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// The EcrPullSecret's name.
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -104,6 +110,7 @@ struct Families {
     reconcile_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     limiter_wait: Histogram,
     queue_depth: Gauge,
+    resource_ready: Family<ResourceLabels, Gauge>,
 }
 
 /// 1 ms to about 16 s: a reconcile is one cache read, or a write or two.
@@ -197,6 +204,12 @@ impl Metrics {
             "Namespaces waiting for a reconcile worker",
             queue_depth.clone(),
         );
+        let resource_ready = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resource_ready",
+            "1 while an EcrPullSecret's Ready condition is True, 0 otherwise (also when it cannot run); exported by the leader",
+            resource_ready.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -222,6 +235,7 @@ impl Metrics {
             reconcile_duration,
             limiter_wait,
             queue_depth,
+            resource_ready,
         };
         Metrics::scoped(std::sync::Arc::new(families), None)
     }
@@ -234,6 +248,24 @@ impl Metrics {
             queued: Mutex::new(HashSet::new()),
             tokens: Mutex::new(BTreeMap::new()),
             problem: Mutex::new((None, None)),
+        }
+    }
+
+    /// EcrPullSecret `name`'s Ready condition (`None`: deleted, the series goes).
+    pub fn resource_ready(&self, name: &str, ready: Option<bool>) {
+        let labels = ResourceLabels {
+            resource: name.to_string(),
+        };
+        match ready {
+            Some(ready) => {
+                self.families
+                    .resource_ready
+                    .get_or_create(&labels)
+                    .set(i64::from(ready));
+            }
+            None => {
+                self.families.resource_ready.remove(&labels);
+            }
         }
     }
 
@@ -617,6 +649,18 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("team-a/"), "{text}");
+    }
+
+    #[test]
+    fn resource_ready_series_come_and_go() {
+        let m = Metrics::new();
+        m.resource_ready("team-a", Some(false));
+        m.resource_ready("team-b", Some(true));
+        let text = m.encode();
+        assert!(text.contains("ecr_pull_secrets_resource_ready{resource=\"team-a\"} 0"));
+        assert!(text.contains("ecr_pull_secrets_resource_ready{resource=\"team-b\"} 1"));
+        m.resource_ready("team-a", None);
+        assert!(!m.encode().contains("team-a"));
     }
 
     #[test]

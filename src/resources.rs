@@ -263,6 +263,7 @@ impl Supervisor {
             old.stop(self.base.api_timeout).await;
         }
         tracing::warn!(resource = name, reason, message, "EcrPullSecret not served");
+        self.metrics.resource_ready(&name, Some(false));
         let previous = resource.status.clone().unwrap_or_default();
         // The counts stay: they are what deletion goes by when it may not list the Secrets.
         let status = EcrPullSecretStatus {
@@ -337,6 +338,7 @@ impl Supervisor {
                         resource = name,
                         "EcrPullSecret deleted; its Secrets cannot be listed (forbidden) and it never synced one: nothing removed"
                     );
+                    self.metrics.resource_ready(&name, None);
                     return Ok(Action::await_change());
                 }
                 let message = format!(
@@ -358,6 +360,7 @@ impl Supervisor {
             }
             Err(error) => return Err(error),
         };
+        self.metrics.resource_ready(&name, None);
         tracing::info!(
             resource = name,
             secrets = report.secrets.len(),
@@ -445,6 +448,7 @@ async fn write_status(
             &written.conditions,
             SystemTime::now(),
         );
+        metrics.resource_ready(&name, Some(is_ready(&status)));
         if status != written {
             match patch_status(&api, &name, &status).await {
                 Ok(()) => written = status,
@@ -579,6 +583,13 @@ pub fn status_of(
         namespaces: Some(namespaces),
         identities: identities(tokens),
     }
+}
+
+fn is_ready(status: &EcrPullSecretStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 fn identities(tokens: &BTreeMap<String, TokenHealth>) -> Vec<IdentityStatus> {

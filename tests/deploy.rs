@@ -32,6 +32,7 @@ fn exported() -> BTreeSet<String> {
     m.reconciled("written", std::time::Duration::from_millis(3));
     m.limiter_waited(std::time::Duration::ZERO);
     m.enqueued("default");
+    m.resource_ready("team-a", Some(true));
     let text = m.encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {

@@ -263,6 +263,35 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
     assert_eq!(condition(&degraded.2, "Ready").unwrap().0, "False");
     let a_during = api.get(&name_a).await.unwrap();
     assert_eq!(condition(&a_during, "Ready").unwrap().0, "True");
+    // The alerting series agree, per resource, and name the failing identity.
+    let address = controller.admin_address().await;
+    let metrics = eventually(
+        "B not ready in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let (_, text) = http_get(&address, "/metrics").await?;
+            let b = sample(
+                &text,
+                &format!("ecr_pull_secrets_resource_ready{{resource=\"{name_b}\"}}"),
+            )?;
+            (b == 0.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("ecr_pull_secrets_resource_ready{{resource=\"{name_a}\"}}")
+        ),
+        Some(1.0)
+    );
+    let failures = sample(
+        &metrics,
+        &format!(
+            "ecr_pull_secrets_token_refresh_consecutive_failures{{identity=\"{name_b}/eu-west-1\"}}"
+        ),
+    );
+    assert!(failures.is_some_and(|f| f > 0.0), "{metrics}");
     let refreshed_before = a_during.status.unwrap().last_refresh_time.unwrap();
     eventually(
         "A refreshing during B's outage",
@@ -308,6 +337,9 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
         api.get_opt(&name_b).await.unwrap().is_none().then_some(())
     })
     .await;
+    // Deleted resources leave no series behind.
+    let (_, text) = http_get(&address, "/metrics").await.unwrap();
+    assert!(!text.contains(&name_a) && !text.contains(&name_b), "{text}");
     drop(controller);
     env.set_emulator(&json!({}));
     delete_namespaces(&client, &[a1, a2, shared, b1, other, controller_ns]).await;
