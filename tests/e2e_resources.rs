@@ -550,6 +550,24 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
         Some(&format!("{p}-ok"))
     );
 
+    // `check --resources` reports every resource's spec, and fails on the invalid one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
+        .args(["check", "--resources", "--namespace", &controller_ns])
+        .args(["--secret-name", &flag_secret, "--target-namespaces", &ns])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("EcrPullSecret {p}-glob: ")),
+        "{report}"
+    );
+    assert!(report.contains("spec.namespaces.include"), "{report}");
+    assert!(
+        report.contains(&format!("EcrPullSecret {p}-ok: ")),
+        "{report}"
+    );
+
     // Once the older twin is gone, the younger one takes over the name.
     api.delete(&format!("{p}-ok"), &DeleteParams::default())
         .await
