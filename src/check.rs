@@ -335,22 +335,19 @@ pub fn resource_permissions(
     base: &RunArgs,
     own_namespace: &str,
 ) -> Vec<Permission> {
+    let needed_by_base = |p: &Permission| match (p.resource, p.grant) {
+        // Asked for the controller already: its own names and ServiceAccount rights.
+        ("secrets", Grant::ClusterRole) => {
+            p.name.is_none() || p.name == Some(base.secret_name.clone())
+        }
+        ("secrets", Grant::Role) => p.name == base.credentials_secret,
+        ("serviceaccounts", _) => base.service_accounts.is_some(),
+        _ => true,
+    };
     let mut needed: Vec<Permission> = required_permissions(resource, own_namespace)
         .into_iter()
-        .filter(|p| {
-            p.resource == "secrets"
-                && p.name.is_some()
-                && ((p.grant == Grant::ClusterRole && p.name != Some(base.secret_name.clone()))
-                    || (p.grant == Grant::Role && p.name != base.credentials_secret))
-        })
+        .filter(|p| !needed_by_base(p))
         .collect();
-    if resource.service_accounts.is_some() && base.service_accounts.is_none() {
-        needed.extend(
-            required_permissions(resource, own_namespace)
-                .into_iter()
-                .filter(|p| p.resource == "serviceaccounts"),
-        );
-    }
     for permission in &mut needed {
         permission.resource_owner = Some(owner.to_string());
     }

@@ -400,22 +400,9 @@ impl EcrPullSecretSpec {
         let namespaces = self.namespaces.clone().unwrap_or_default();
         args.target_namespaces = namespaces.include;
         args.exclude_namespaces = namespaces.exclude;
-        // The selection's errors name the flags; here the fields are what the user wrote.
-        args.selection().map_err(|e| {
-            e.replace("--target-namespaces", "spec.namespaces.include")
-                .replace("--exclude-namespaces", "spec.namespaces.exclude")
-        })?;
         args.namespace_selector = match &namespaces.selector {
             Some(selector) => {
-                let text = selector_string(selector)
-                    .map_err(|e| format!("spec.namespaces.selector: {e}"))?;
-                crate::selection::Selection::new(&[], &[], text.as_deref()).map_err(|e| {
-                    format!(
-                        "spec.namespaces.selector: {}",
-                        e.to_string().replace("--namespace-selector: ", "")
-                    )
-                })?;
-                text
+                selector_string(selector).map_err(|e| format!("spec.namespaces.selector: {e}"))?
             }
             None => None,
         };
@@ -459,8 +446,12 @@ impl EcrPullSecretSpec {
         // The schema keeps both at 1 or more.
         args.write_qps = writes.qps.map_or(args.write_qps, |q| q.max(1) as u32);
         args.write_burst = writes.burst.map_or(args.write_burst, |b| b.max(1) as u32);
-        args.validate()
-            .map_err(|e| format!("the spec does not make a valid configuration: {e}"))?;
+        // validate's messages name the flags; a resource's user wrote the spec fields.
+        args.validate().map_err(|e| {
+            e.replace("--target-namespaces", "spec.namespaces.include")
+                .replace("--exclude-namespaces", "spec.namespaces.exclude")
+                .replace("--namespace-selector", "spec.namespaces.selector")
+        })?;
         Ok(args)
     }
 }

@@ -49,9 +49,9 @@ pub async fn serve(
         metrics,
         store: controller.store(),
         running: Mutex::new(HashMap::new()),
-        stop: stop.clone(),
     });
-    controller
+    let mut deadline = stop.clone();
+    let supervised = controller
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -60,9 +60,17 @@ pub async fn serve(
             if let Err(error) = result {
                 tracing::warn!(error = %error, "EcrPullSecret reconcile failed; retrying");
             }
-        })
-        .await;
-    // Stop every pipeline; each drains its in-flight writes.
+        });
+    // A graceful shutdown can stall before the first list: bounded as in `run::lead`.
+    let drain_limit = supervisor.base.api_timeout + Duration::from_secs(1);
+    tokio::select! {
+        _ = supervised => {}
+        _ = async {
+            let _ = deadline.wait_for(|s| *s).await;
+            tokio::time::sleep(drain_limit).await;
+        } => tracing::warn!("EcrPullSecret reconciles did not finish within {drain_limit:?}"),
+    }
+    // Then stop every pipeline; each drains its in-flight writes.
     let running: Vec<Running> = supervisor
         .running
         .lock()
@@ -86,9 +94,8 @@ struct Supervisor {
     implicit_secret: Option<String>,
     metrics: Arc<Metrics>,
     store: Store<EcrPullSecret>,
-    /// Running pipelines by resource name.
+    /// Running pipelines by resource name; `serve` stops them all on shutdown.
     running: Mutex<HashMap<String, Running>>,
-    stop: watch::Receiver<bool>,
 }
 
 /// One resource's pipeline and status writer. Dropped (the leader's work dropped on a lost
@@ -198,16 +205,12 @@ impl Supervisor {
         }
         let metrics = Arc::new(self.metrics.for_resource(&name));
         let (stop_tx, stop) = watch::channel(false);
-        let mut global_stop = self.stop.clone();
         let pipeline = tokio::spawn(keep_running(
             args,
             name.clone(),
             self.client.clone(),
             metrics.clone(),
             stop,
-            async move {
-                let _ = global_stop.wait_for(|s| *s).await;
-            },
         ));
         let status = tokio::spawn(write_status(
             Api::all(self.client.clone()),
@@ -371,26 +374,15 @@ impl Supervisor {
     }
 }
 
-/// Runs one resource's pipeline until `stop` (or the controller's stop); when it cannot start
-/// (credentials Secret missing, say) records why and retries with backoff.
+/// Runs one resource's pipeline until `stop` (sent by [`Running::stop`], also on shutdown);
+/// when it cannot start (credentials Secret missing, say) records why and retries with backoff.
 async fn keep_running(
     args: RunArgs,
     name: String,
     client: Client,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-    global_stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    // Either stop ends the pipeline gracefully.
-    let (merged_tx, merged) = watch::channel(false);
-    let mut own = stop.clone();
-    let forward = tokio::spawn(async move {
-        tokio::select! {
-            _ = own.wait_for(|s| *s) => {}
-            _ = global_stop => {}
-        }
-        merged_tx.send_replace(true);
-    });
     // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
     let backoff = crate::backoff::Exponential {
         initial: Duration::from_secs(1),
@@ -403,7 +395,7 @@ async fn keep_running(
             Some(&name),
             client.clone(),
             metrics.clone(),
-            merged.clone(),
+            stop.clone(),
         )
         // The resource's name on every log line of its pipeline, token refreshes included.
         .instrument(tracing::info_span!("resource", name = name.as_str()))
@@ -420,7 +412,7 @@ async fn keep_running(
                 metrics.problem(reason, error.to_string());
                 let delay = backoff.delay(failures, rand::random());
                 failures = failures.saturating_add(1);
-                let mut stopping = merged.clone();
+                let mut stopping = stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopping.wait_for(|s| *s) => break,
@@ -428,7 +420,6 @@ async fn keep_running(
             }
         }
     }
-    forward.abort();
 }
 
 /// Writes the resource's status whenever what its pipeline observes changes.
@@ -517,8 +508,9 @@ pub fn status_of(
         })
         .unwrap_or_else(|| "no token was fetched yet, so nothing was written".into());
 
-    let (healthy, reason, message): (bool, &str, String) = if let Some(problem) = problem {
-        (false, problem.reason, problem.message.clone())
+    // `None`: still progressing (no token yet, or namespaces waiting for one).
+    let verdict: Option<(bool, &str, String)> = if let Some(problem) = problem {
+        Some((false, problem.reason, problem.message.clone()))
     } else if !failing.is_empty() {
         let detail = failing
             .iter()
@@ -531,13 +523,13 @@ pub fn status_of(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        (
+        Some((
             false,
             "TokenRefreshFailing",
             format!("token refresh failing ({detail}); retried with backoff; {valid_until}"),
-        )
+        ))
     } else if namespaces.failed > 0 {
-        (
+        Some((
             false,
             "NamespacesFailing",
             format!(
@@ -545,9 +537,9 @@ pub fn status_of(
                  their Events (reason SyncFailed) and the controller log say why",
                 namespaces.failed
             ),
-        )
+        ))
     } else if namespaces.conflict > 0 {
-        (
+        Some((
             false,
             "SecretConflict",
             format!(
@@ -555,29 +547,27 @@ pub fn status_of(
                  delete or rename it there, or set spec.adoptExisting: true",
                 namespaces.conflict
             ),
-        )
+        ))
     } else if tokens.is_empty() || namespaces.pending > 0 {
-        return EcrPullSecretStatus {
-            observed_generation: Some(generation),
-            conditions: progressing(previous, now),
-            token_expires_at: expires.map(rfc3339),
-            last_refresh_time: last_refresh.map(rfc3339),
-            namespaces: Some(namespaces),
-            identities: identities(tokens),
-        };
+        None
     } else {
-        (
+        Some((
             true,
             "Synced",
             format!(
                 "{} namespace(s) hold the current secret; tokens refresh on schedule",
                 namespaces.synced
             ),
-        )
+        ))
     };
     EcrPullSecretStatus {
         observed_generation: Some(generation),
-        conditions: conditions(previous, healthy, reason, &message, now),
+        conditions: match verdict {
+            Some((healthy, reason, message)) => {
+                conditions(previous, healthy, reason, &message, now)
+            }
+            None => progressing(previous, now),
+        },
         token_expires_at: expires.map(rfc3339),
         last_refresh_time: last_refresh.map(rfc3339),
         namespaces: Some(namespaces),

@@ -71,49 +71,12 @@ fn ensure_namespace(name: &str) {
 /// PrometheusRule need them to be parsed and applied). Each test installs them, so that any one
 /// of them runs alone.
 fn install_prometheus_operator_crds() {
-    run(
-        "kubectl",
+    install_crds(
+        "tests/fixtures/prometheus-operator-crds.yaml",
         &[
-            "apply",
-            "--server-side",
-            "-f",
-            repo()
-                .join("tests/fixtures/prometheus-operator-crds.yaml")
-                .to_str()
-                .unwrap(),
-        ],
-        None,
-    );
-    run(
-        "kubectl",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
             "crd/servicemonitors.monitoring.coreos.com",
             "crd/prometheusrules.monitoring.coreos.com",
         ],
-        None,
-    );
-}
-
-/// The EcrPullSecret CRD from deploy/crd/, installed and established.
-fn install_crd() {
-    let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
-    run(
-        "kubectl",
-        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
-        None,
-    );
-    run(
-        "kubectl",
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/ecrpullsecrets.ecr-pull-secrets.io",
-        ],
-        None,
     );
 }
 

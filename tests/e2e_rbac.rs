@@ -168,20 +168,13 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     let Some(env) = testenv() else { return };
     let admin = client().await;
     let deploy = repo().join("deploy");
-    for file in ["crd/ecrpullsecrets.yaml", "common.yaml"] {
-        kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            deploy.join(file).to_str().unwrap(),
-        ]);
-    }
+    install_crd();
     kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/ecrpullsecrets.ecr-pull-secrets.io",
-        "--timeout=30s",
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        deploy.join("common.yaml").to_str().unwrap(),
     ]);
     put_credentials(
         &admin,
@@ -201,17 +194,14 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
         (&allowed, "ecr-pull-secret"),
         (&denied, denied_secret.as_str()),
     ] {
-        let resource: EcrPullSecret = serde_json::from_value(json!({
-            "apiVersion": "ecr-pull-secrets.io/v1alpha1",
-            "kind": "EcrPullSecret",
-            "metadata": {"name": name},
-            "spec": {
+        let resource = ecr_pull_secret(
+            name,
+            json!({
                 "secretName": secret,
                 "registries": [{"host": env.default_registry()}],
                 "namespaces": {"include": [ns]},
-            },
-        }))
-        .unwrap();
+            }),
+        );
         api.create(&PostParams::default(), &resource).await.unwrap();
     }
     let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
@@ -230,14 +220,6 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
         ],
         &[("KUBECONFIG", &kubeconfig_text), ("AWS_REGION", "")],
     );
-    let condition = |r: &EcrPullSecret, type_: &str| {
-        r.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == type_)
-                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        })
-    };
     eventually(
         "the allowed resource Ready under the shipped RBAC",
         // The other test's controller may still hold the shipped Lease (15 s).
@@ -245,7 +227,7 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
         || async {
             let r = api.get(&allowed).await.ok()?;
             let synced = r.status.as_ref()?.namespaces.as_ref()?.synced;
-            (condition(&r, "Ready")?.0 == "True" && synced == 1).then_some(())
+            (resource_condition(&r, "Ready")?.0 == "True" && synced == 1).then_some(())
         },
     )
     .await;
@@ -253,7 +235,9 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     let (_, reason, message) = eventually(
         "the denied resource Degraded",
         Duration::from_secs(30),
-        || async { condition(&api.get(&denied).await.ok()?, "Degraded").filter(|c| c.0 == "True") },
+        || async {
+            resource_condition(&api.get(&denied).await.ok()?, "Degraded").filter(|c| c.0 == "True")
+        },
     )
     .await;
     assert_eq!(reason, "Forbidden", "{message}");

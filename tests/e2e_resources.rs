@@ -6,67 +6,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ecr_pull_secrets::crd::{EcrPullSecret, EcrPullSecretSpec, OWNER_LABEL};
+use ecr_pull_secrets::crd::{EcrPullSecret, OWNER_LABEL};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::*;
-
-const CRD_NAME: &str = "ecrpullsecrets.ecr-pull-secrets.io";
-
-/// Installs the checked-in CRD and waits until the API server serves it.
-async fn install_crd(client: &Client) {
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        repo()
-            .join("deploy/crd/ecrpullsecrets.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("the CRD to be established", Duration::from_secs(30), || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get(CRD_NAME).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        }
-    })
-    .await;
-}
-
-fn resource(name: &str, spec: serde_json::Value) -> EcrPullSecret {
-    EcrPullSecret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: serde_json::from_value::<EcrPullSecretSpec>(spec).expect("a valid spec"),
-        status: None,
-    }
-}
-
-/// The status and reason of condition `type_`, once it exists.
-fn condition(resource: &EcrPullSecret, type_: &str) -> Option<(String, String, String)> {
-    resource
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
 
 /// Waits until resource `name` is Ready with `synced` namespaces, and returns it.
 async fn ready(api: &Api<EcrPullSecret>, name: &str, synced: u32) -> EcrPullSecret {
@@ -77,7 +22,7 @@ async fn ready(api: &Api<EcrPullSecret>, name: &str, synced: u32) -> EcrPullSecr
         || async {
             let r = api.get(name).await.ok()?;
             let counts = r.status.as_ref()?.namespaces.clone()?;
-            let is_ready = condition(&r, "Ready")?.0 == "True";
+            let is_ready = resource_condition(&r, "Ready")?.0 == "True";
             (is_ready && counts.synced == synced).then_some(r)
         },
     )
@@ -100,7 +45,7 @@ async fn owner(client: &Client, namespace: &str, name: &str) -> Option<String> {
 async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_secrets() {
     let Some(env) = testenv() else { return };
     let client = client().await;
-    install_crd(&client).await;
+    install_crd();
     let p = unique("crd");
     let team = BTreeMap::from([("team".to_string(), p.clone())]);
     let (a1, a2, shared, b1, other) = (
@@ -165,7 +110,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
         "writes": {"qps": 5, "burst": 5},
     });
     for (name, spec) in [(&name_a, spec_a), (&name_b, spec_b)] {
-        api.create(&PostParams::default(), &resource(name, spec))
+        api.create(&PostParams::default(), &ecr_pull_secret(name, spec))
             .await
             .unwrap();
     }
@@ -252,7 +197,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
         Duration::from_secs(40),
         || async {
             let b = api.get(&name_b).await.ok()?;
-            let (status, reason, message) = condition(&b, "Degraded")?;
+            let (status, reason, message) = resource_condition(&b, "Degraded")?;
             (status == "True").then_some((reason, message, b))
         },
     )
@@ -260,9 +205,9 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
     assert_eq!(degraded.0, "TokenRefreshFailing", "{}", degraded.1);
     assert!(degraded.1.contains("eu-west-1"), "{}", degraded.1);
     assert!(degraded.1.contains("valid until"), "{}", degraded.1);
-    assert_eq!(condition(&degraded.2, "Ready").unwrap().0, "False");
+    assert_eq!(resource_condition(&degraded.2, "Ready").unwrap().0, "False");
     let a_during = api.get(&name_a).await.unwrap();
-    assert_eq!(condition(&a_during, "Ready").unwrap().0, "True");
+    assert_eq!(resource_condition(&a_during, "Ready").unwrap().0, "True");
     // The alerting series agree, per resource, and name the failing identity.
     let address = controller.admin_address().await;
     let metrics = eventually(
@@ -299,7 +244,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
         || async {
             let a = api.get(&name_a).await.ok()?;
             let status = a.status.clone()?;
-            let ready = condition(&a, "Ready")?.0 == "True";
+            let ready = resource_condition(&a, "Ready")?.0 == "True";
             (ready && status.last_refresh_time? > refreshed_before).then_some(())
         },
     )
@@ -349,7 +294,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
 async fn invalid_specs_are_rejected_by_the_api_server_with_readable_messages() {
     let Some(_env) = testenv() else { return };
     let client = client().await;
-    install_crd(&client).await;
+    install_crd();
     // Untyped, so specs the Rust types would refuse still reach the API server.
     let api: Api<DynamicObject> =
         Api::all_with(client.clone(), &ApiResource::erase::<EcrPullSecret>(&()));
@@ -459,7 +404,7 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_readable_messages() {
 async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
     let Some(env) = testenv() else { return };
     let client = client().await;
-    install_crd(&client).await;
+    install_crd();
     env.set_emulator(&json!({}));
     let p = unique("blocked");
     let (ns, controller_ns) = (format!("{p}-ns"), format!("{p}-ctl"));
@@ -498,7 +443,7 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
     for (suffix, spec) in &specs {
         api.create(
             &PostParams::default(),
-            &resource(&format!("{p}-{suffix}"), spec.clone()),
+            &ecr_pull_secret(&format!("{p}-{suffix}"), spec.clone()),
         )
         .await
         .unwrap();
@@ -531,7 +476,8 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
             &format!("{name} Degraded with {reason}"),
             Duration::from_secs(30),
             || async {
-                condition(&api.get(&name).await.ok()?, "Degraded").filter(|c| c.0 == "True")
+                resource_condition(&api.get(&name).await.ok()?, "Degraded")
+                    .filter(|c| c.0 == "True")
             },
         )
         .await;

@@ -641,3 +641,53 @@ pub async fn client_from(path: &Path) -> Client {
     .unwrap();
     Client::try_from(config).unwrap()
 }
+
+/// Applies the CRDs in `file` (relative to the repository) and waits until `crds` are
+/// established.
+pub fn install_crds(file: &str, crds: &[&str]) {
+    let path = repo().join(file);
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+    wait.extend_from_slice(crds);
+    kubectl(&wait);
+}
+
+/// The EcrPullSecret CRD from deploy/crd/, installed (or updated) and established.
+pub fn install_crd() {
+    install_crds(
+        "deploy/crd/ecrpullsecrets.yaml",
+        &["crd/ecrpullsecrets.ecr-pull-secrets.io"],
+    );
+}
+
+/// An EcrPullSecret named `name` with `spec` (JSON, camelCase as in YAML).
+pub fn ecr_pull_secret(name: &str, spec: Value) -> ecr_pull_secrets::crd::EcrPullSecret {
+    ecr_pull_secrets::crd::EcrPullSecret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: serde_json::from_value(spec).expect("a valid spec"),
+        status: None,
+    }
+}
+
+/// Status, reason and message of a resource's condition `type_`, once it has one.
+pub fn resource_condition(
+    resource: &ecr_pull_secrets::crd::EcrPullSecret,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    resource
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
