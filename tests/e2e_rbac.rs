@@ -18,6 +18,33 @@ fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
     }
 }
 
+/// The controller running as the shipped ServiceAccount, with the shipped namespace, Lease and
+/// credentials Secret names, plus `args` and `env`; and that account's kubeconfig.
+fn shipped_controller(
+    env: &TestEnv,
+    name: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> (Controller, std::path::PathBuf) {
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
+    let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();
+    let mut all_args = vec![
+        "--namespace",
+        "ecr-pull-secrets",
+        "--credentials-secret",
+        "aws-credentials",
+        "--lease-name",
+        "ecr-pull-secrets",
+    ];
+    all_args.extend_from_slice(args);
+    let mut all_vars = vec![("KUBECONFIG", kubeconfig_text.as_str())];
+    all_vars.extend_from_slice(vars);
+    (
+        env.controller_with_env(name, &all_args, &all_vars),
+        kubeconfig,
+    )
+}
+
 #[tokio::test]
 async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let Some(env) = testenv() else { return };
@@ -66,23 +93,16 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let others: Api<Secret> = Api::namespaced(admin.clone(), &a);
     create_foreign_secret(&admin, &a, "not-ours", Default::default()).await;
 
-    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
-    let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();
-    let controller = env.controller_with_env(
+    let (controller, kubeconfig) = shipped_controller(
+        &env,
         &p,
         &[
-            "--namespace",
-            "ecr-pull-secrets",
-            "--credentials-secret",
-            "aws-credentials",
-            "--lease-name",
-            "ecr-pull-secrets",
             "--target-namespaces",
             &format!("{p}-*"),
             "--service-accounts",
             "default",
         ],
-        &[("KUBECONFIG", &kubeconfig_text)],
+        &[],
     );
     // The core scenarios, bound only by the shipped roles.
     for ns in [&a, &b] {
@@ -204,22 +224,8 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
         );
         api.create(&PostParams::default(), &resource).await.unwrap();
     }
-    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
-    let kubeconfig_text = kubeconfig.to_str().unwrap().to_string();
     // Resources only (no region): as the shipped Deployment runs with ECR_PULL_SECRETS_RESOURCES.
-    let controller = env.controller_with_env(
-        &p,
-        &[
-            "--resources",
-            "--namespace",
-            "ecr-pull-secrets",
-            "--credentials-secret",
-            "aws-credentials",
-            "--lease-name",
-            "ecr-pull-secrets",
-        ],
-        &[("KUBECONFIG", &kubeconfig_text), ("AWS_REGION", "")],
-    );
+    let (controller, _) = shipped_controller(&env, &p, &["--resources"], &[("AWS_REGION", "")]);
     eventually(
         "the allowed resource Ready under the shipped RBAC",
         // The other test's controller may still hold the shipped Lease (15 s).
