@@ -7,7 +7,7 @@ use kube::{Client, ResourceExt};
 
 use crate::Error;
 use crate::config::CleanupArgs;
-use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE};
+use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE, labelled_by_us};
 use crate::service_account;
 
 /// What cleanup found (and, unless dry-run, removed).
@@ -57,6 +57,8 @@ pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report,
         args.dry_run,
         args.api_timeout,
         true,
+        // A one-shot command, not a leader: nothing to fence.
+        &crate::leader::Fence::open(),
     )
     .await
 }
@@ -71,6 +73,7 @@ pub async fn remove(
     dry_run: bool,
     api_timeout: std::time::Duration,
     service_accounts: bool,
+    fence: &crate::leader::Fence,
 ) -> Result<Report, Error> {
     let kube_err = |context: &str| {
         let context = context.to_string();
@@ -101,7 +104,7 @@ pub async fn remove(
             sa.name_any()
         ));
         if !dry_run {
-            service_account::set_entry(client, sa, secret_name, false, api_timeout).await?;
+            service_account::set_entry(client, sa, secret_name, false, api_timeout, fence).await?;
         }
     }
 
@@ -117,7 +120,12 @@ pub async fn remove(
         .list_metadata(&params)
         .await
         .map_err(kube_err("listing managed Secrets"))?;
-    for secret in list.items {
+    // A Secret that merely carries our label (anyone may set it) is not ours to delete.
+    for secret in list
+        .items
+        .into_iter()
+        .filter(|s| labelled_by_us(&s.metadata))
+    {
         let namespace = secret.namespace().unwrap_or_default();
         report
             .secrets
@@ -126,6 +134,7 @@ pub async fn remove(
             continue;
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        fence.check()?;
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: secret.uid(),

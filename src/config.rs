@@ -97,7 +97,7 @@ pub struct StatusArgs {
 
     /// The controller's namespace, where its Lease is by default. Default: POD_NAMESPACE, else
     /// the kubeconfig's namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
 
     /// Name of the controller's Lease (in --lease-namespace), to show the leader.
@@ -105,11 +105,11 @@ pub struct StatusArgs {
     pub lease_name: String,
 
     /// Namespace of the Lease. Default: --namespace, else the kubeconfig's.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE")]
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
     pub lease_namespace: Option<String>,
 
     /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 
     /// Output format: a table for people, or JSON for scripts (documented in
@@ -168,7 +168,7 @@ pub struct CleanupArgs {
     pub dry_run: bool,
 
     /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 }
 
@@ -195,7 +195,8 @@ pub struct LogArgs {
         long,
         env = "ECR_PULL_SECRETS_LOG_LEVEL",
         default_value = "info",
-        global = true
+        global = true,
+        value_parser = parse_log_level
     )]
     pub log_level: String,
 }
@@ -255,22 +256,22 @@ pub struct RunArgs {
     pub adopt_existing: bool,
 
     /// Sustained Kubernetes writes per second, across all namespaces.
-    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_QPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_QPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITES_PER_SECOND)))]
     pub write_qps: u32,
 
     /// Writes allowed in a burst above --write-qps.
-    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "ECR_PULL_SECRETS_WRITE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITES_PER_SECOND)))]
     pub write_burst: u32,
 
     /// Secret in the controller's namespace holding aws_access_key_id and aws_secret_access_key
     /// (optionally aws_session_token). Without it the default AWS chain is used (environment,
     /// profile, web identity).
-    #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET")]
+    #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET", value_parser = parse_secret_name)]
     pub credentials_secret: Option<String>,
 
     /// The controller's own namespace (credentials Secret). Default: the pod's namespace
     /// (POD_NAMESPACE) or the kubeconfig's namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
 
     /// Also write credentials for ECR Public (public.ecr.aws; token from us-east-1). Needs
@@ -284,20 +285,21 @@ pub struct RunArgs {
     pub role_arn: Option<String>,
 
     /// External ID required by the role's trust policy.
-    #[arg(long, env = "ECR_PULL_SECRETS_ROLE_EXTERNAL_ID", requires = "role_arn")]
+    #[arg(long, env = "ECR_PULL_SECRETS_ROLE_EXTERNAL_ID", requires = "role_arn", value_parser = parse_external_id)]
     pub role_external_id: Option<String>,
 
     /// Session name of the assumed role (shows in CloudTrail).
     #[arg(
         long,
         env = "ECR_PULL_SECRETS_ROLE_SESSION_NAME",
-        default_value = "ecr-pull-secrets"
+        default_value = "ecr-pull-secrets",
+        value_parser = parse_session_name
     )]
     pub role_session_name: String,
 
     /// Also refresh at most this long after each fetch, whatever the token's lifetime (e.g. 6h;
     /// the edenlab operator's `frequency`). Default: no bound.
-    #[arg(long, env = "ECR_PULL_SECRETS_MAX_REFRESH_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_MAX_REFRESH_INTERVAL", value_parser = parse_max_refresh_interval)]
     pub max_refresh_interval: Option<Duration>,
 
     /// Also keep the secrets of every EcrPullSecret resource (the CRD, deploy/crd/), each
@@ -307,7 +309,7 @@ pub struct RunArgs {
     pub resources: bool,
 
     /// Refresh at least this long before the token expires (e.g. 1h, 30m).
-    #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_refresh_margin)]
     pub refresh_margin: Duration,
 
     /// ... and at least this fraction of the token's lifetime before it expires (0 < f < 1).
@@ -315,11 +317,11 @@ pub struct RunArgs {
     pub refresh_fraction: f64,
 
     /// Namespaces reconciled in parallel.
-    #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub concurrency: u16,
 
     /// Timeout of each Kubernetes API write.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 
     /// Address of the admin listener (/healthz, /readyz, /metrics). Port 0 picks a free port
@@ -333,7 +335,7 @@ pub struct RunArgs {
 
     /// This replica's identity in the Lease. Default: POD_NAME, else the host name plus a
     /// random suffix.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", value_parser = parse_identity)]
     pub identity: Option<String>,
 
     /// Name of the Lease replicas contend for (in --lease-namespace).
@@ -341,24 +343,24 @@ pub struct RunArgs {
     pub lease_name: String,
 
     /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE")]
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
     pub lease_namespace: Option<String>,
 
     /// How long a lease is valid without renewal; another replica takes over after it.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
 
     /// The leader stops working if it could not renew for this long (< --lease-duration).
-    #[arg(long, env = "ECR_PULL_SECRETS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_lease_timing)]
     pub renew_deadline: Duration,
 
     /// After SIGTERM, keep serving (with /readyz failing) this long before exiting, so probes
     /// and scrapers see the replica leave. Leadership is handed over before this wait.
-    #[arg(long, env = "ECR_PULL_SECRETS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_shutdown_delay)]
     pub shutdown_delay: Duration,
 
     /// How often the lease is renewed or tried (< --renew-deadline).
-    #[arg(long, env = "ECR_PULL_SECRETS_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "ECR_PULL_SECRETS_RETRY_PERIOD", default_value = "2s", value_parser = parse_lease_timing)]
     pub retry_period: Duration,
 }
 
@@ -392,13 +394,27 @@ impl RunArgs {
         self.selection()?;
         if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
             return Err(format!(
-                "lease timings must satisfy --retry-period ({:?}) < --renew-deadline ({:?}) < --lease-duration ({:?}), \
+                "lease timings must satisfy --retry-period ({}) < --renew-deadline ({}) < --lease-duration ({}), \
                  so a leader stops before another may take over; e.g. 2s < 10s < 15s",
-                self.retry_period, self.renew_deadline, self.lease_duration
+                humantime::format_duration(self.retry_period),
+                humantime::format_duration(self.renew_deadline),
+                humantime::format_duration(self.lease_duration)
             ));
         }
-        if self.lease_duration < Duration::from_secs(1) {
-            return Err("--lease-duration must be at least 1s".into());
+        // Re-checked here because an EcrPullSecret's spec sets these without the flag parsers.
+        within("--refresh-margin", self.refresh_margin, REFRESH_MARGIN)?;
+        if let Some(max) = self.max_refresh_interval {
+            within("--max-refresh-interval", max, MAX_REFRESH_INTERVAL)?;
+        }
+        for (flag, value) in [
+            ("--write-qps", self.write_qps),
+            ("--write-burst", self.write_burst),
+        ] {
+            if !(1..=MAX_WRITES_PER_SECOND).contains(&value) {
+                return Err(format!(
+                    "{flag} {value} is out of range; use 1 to {MAX_WRITES_PER_SECOND}"
+                ));
+            }
         }
         Ok(())
     }
@@ -461,6 +477,166 @@ impl RunArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); use forms such as 30s, 10m, 1h"))
+}
+
+/// Inclusive bounds of a duration flag. Every duration flag has both: zero spins a loop or
+/// reads as "no time at all", and a huge value overflows clock arithmetic (a panic, or a
+/// task that dies while the process still looks ready).
+pub type Bounds = (Duration, Duration);
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// --api-timeout: 0 fails every call at once (and looks like a connectivity problem).
+pub const API_TIMEOUT: Bounds = (secs(1), secs(600));
+/// --max-refresh-interval: the CRD's `frequency` has the same floor (one call a minute per
+/// identity is far below ECR's 20/s); tokens last 12 h, so a longer bound never applies.
+pub const MAX_REFRESH_INTERVAL: Bounds = (secs(60), secs(24 * 3600));
+/// --refresh-margin: beyond a token's 12 h lifetime it is ignored anyway.
+pub const REFRESH_MARGIN: Bounds = (secs(0), secs(12 * 3600));
+/// --lease-duration: written to the Lease as whole seconds (an i32).
+pub const LEASE_DURATION: Bounds = (secs(1), secs(3600));
+/// --renew-deadline and --retry-period: a floor keeps lease writes at no more than two a second.
+pub const LEASE_TIMING: Bounds = (Duration::from_millis(500), secs(3600));
+/// --shutdown-delay: longer than any termination grace period worth having.
+pub const SHUTDOWN_DELAY: Bounds = (secs(0), secs(600));
+/// --write-qps and --write-burst, as the CRD's `spec.writes`.
+pub const MAX_WRITES_PER_SECOND: u32 = 10_000;
+
+/// `value` when within `bounds`, else an error naming the flag and the range.
+pub fn within(flag: &str, value: Duration, (min, max): Bounds) -> Result<Duration, String> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{flag} {} is out of range; use {} to {}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ))
+    }
+}
+
+fn bounded(s: &str, bounds: Bounds) -> Result<Duration, String> {
+    let value = parse_duration(s)?;
+    if (bounds.0..=bounds.1).contains(&value) {
+        Ok(value)
+    } else {
+        // clap names the flag in front of this message.
+        Err(format!(
+            "{s:?} is out of range; use {} to {}",
+            humantime::format_duration(bounds.0),
+            humantime::format_duration(bounds.1)
+        ))
+    }
+}
+
+fn parse_api_timeout(s: &str) -> Result<Duration, String> {
+    bounded(s, API_TIMEOUT)
+}
+
+fn parse_max_refresh_interval(s: &str) -> Result<Duration, String> {
+    bounded(s, MAX_REFRESH_INTERVAL)
+}
+
+fn parse_refresh_margin(s: &str) -> Result<Duration, String> {
+    bounded(s, REFRESH_MARGIN)
+}
+
+fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    bounded(s, LEASE_DURATION)
+}
+
+fn parse_lease_timing(s: &str) -> Result<Duration, String> {
+    bounded(s, LEASE_TIMING)
+}
+
+fn parse_shutdown_delay(s: &str) -> Result<Duration, String> {
+    bounded(s, SHUTDOWN_DELAY)
+}
+
+/// The Lease holder identity. An empty one reads as "released" to every replica (ours and
+/// client-go's), so two replicas with it would both lead; surrounding whitespace is a typo.
+fn parse_identity(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "the identity is empty; leave --identity / POD_NAME unset (a unique default is chosen) \
+             or set it to the pod name (fieldRef metadata.name)"
+                .into(),
+        );
+    }
+    if s.trim() != s || s.len() > 253 || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{s:?} is not a usable identity: no surrounding whitespace or control characters, at most 253 \
+             bytes; use the pod name (fieldRef metadata.name)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A namespace name (an RFC 1123 label).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    if is_dns_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lower-case letters, digits and '-', at most 63 characters)"
+        ))
+    }
+}
+
+/// AWS: 2 to 64 characters of `[\w+=,.@-]`.
+fn parse_session_name(s: &str) -> Result<String, String> {
+    aws_name(s, 64, "=,.@-").map_err(|()| {
+        format!(
+            "{s:?} is not an STS role session name: 2 to 64 characters of letters, digits and +=,.@_-"
+        )
+    })
+}
+
+/// AWS: 2 to 1224 characters of `[\w+=,.@:/-]`.
+fn parse_external_id(s: &str) -> Result<String, String> {
+    aws_name(s, 1224, "=,.@:/-").map_err(|()| {
+        "the external ID is not valid for STS: 2 to 1224 characters of letters, digits and +=,.@:/_-"
+            .to_string()
+    })
+}
+
+fn aws_name(s: &str, max: usize, punctuation: &str) -> Result<String, ()> {
+    let ok = (2..=max).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '+' || punctuation.contains(c));
+    if ok { Ok(s.to_string()) } else { Err(()) }
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A log filter: comma-separated `LEVEL` or `TARGET=LEVEL` (tracing's EnvFilter accepts any
+/// word as a target, so a typo such as `verbose` would silently log nothing of ours).
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    let level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    let target = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    let ok = s.len() <= 1024
+        && s.split(',').all(|d| match d.trim().split_once('=') {
+            Some((t, l)) => target(t.trim()) && level(l.trim()),
+            None => level(d.trim()),
+        })
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{:?} is not a log filter; use a level ({}) or comma-separated TARGET=LEVEL pairs, e.g. \
+             info,ecr_pull_secrets=debug",
+            s.chars().take(64).collect::<String>(),
+            LEVELS.join(", ")
+        ))
+    }
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -572,7 +748,7 @@ mod tests {
                 "not an IAM role ARN",
             ),
             (
-                &["--region", "us-east-1", "--role-external-id", "x"],
+                &["--region", "us-east-1", "--role-external-id", "xy-123"],
                 "--role-arn",
             ),
             (
@@ -648,6 +824,179 @@ mod tests {
         assert!(status.selection().is_ok());
         let bad = Cli::try_parse_from(["ecr-pull-secrets", "status", "--output", "yaml"]);
         assert!(bad.is_err());
+    }
+
+    /// Every flag of every command, with hostile values: no panic, and whatever is accepted
+    /// stays inside what the runtime arithmetic can take.
+    #[test]
+    fn every_flag_survives_hostile_values() {
+        use clap::CommandFactory;
+        let huge = "9".repeat(64 << 10);
+        let hostile: Vec<&str> = vec![
+            "",
+            " ",
+            "\t",
+            "0",
+            "0s",
+            "0ms",
+            "-1",
+            "-1s",
+            "1ns",
+            "1",
+            "65536",
+            "4294967296",
+            "18446744073709551615",
+            "18446744073709551615s",
+            "9223372036854775807s",
+            "584942417355y",
+            "1e400",
+            "NaN",
+            "inf",
+            "abc",
+            "\u{0}",
+            "a\nb",
+            "🙂",
+            "*",
+            ",",
+            "=",
+            "1h 1h 1h 1h",
+            "10000000h",
+            "Bad_Name",
+            "../etc",
+            &huge,
+        ];
+        let cli = Cli::command();
+        let mut accepted = 0;
+        for sub in ["run", "status", "cleanup", "check"] {
+            let command = cli.find_subcommand(sub).expect(sub);
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if !arg.get_action().takes_values() {
+                    continue;
+                }
+                for value in &hostile {
+                    let flag = format!("--{long}={value}");
+                    let argv = [
+                        "ecr-pull-secrets",
+                        sub,
+                        "--region",
+                        "us-east-1",
+                        flag.as_str(),
+                    ];
+                    let parsed = std::panic::catch_unwind(|| {
+                        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+                        match cli.command {
+                            Command::Run(run) => {
+                                run.validate()?;
+                                runtime_arithmetic(&run);
+                            }
+                            Command::Check(check) => {
+                                check.run.validate()?;
+                                runtime_arithmetic(&check.run);
+                            }
+                            Command::Status(status) => {
+                                status.selection()?;
+                                assert!(
+                                    tokio::time::Instant::now()
+                                        .checked_add(status.api_timeout)
+                                        .is_some()
+                                );
+                            }
+                            _ => {}
+                        }
+                        Ok::<(), String>(())
+                    });
+                    let shown = &value[..value.len().min(20)];
+                    match parsed {
+                        Ok(Ok(())) => accepted += 1,
+                        // Errors name the problem; clap's name the flag too.
+                        Ok(Err(message)) => assert!(
+                            !message.trim().is_empty(),
+                            "{sub} --{long} {shown:?}: an empty error"
+                        ),
+                        Err(_) => panic!("{sub} --{long} {shown:?} panicked"),
+                    }
+                }
+            }
+        }
+        assert!(
+            accepted > 0,
+            "some hostile-looking values are fine (e.g. --namespace-selector=abc)"
+        );
+    }
+
+    /// What the controller computes from its flags at run time: none of it may overflow.
+    fn runtime_arithmetic(run: &RunArgs) {
+        let now = tokio::time::Instant::now();
+        let wall = std::time::SystemTime::now();
+        for d in [
+            run.api_timeout + Duration::from_secs(1),
+            run.lease_duration,
+            run.renew_deadline,
+            run.retry_period,
+            run.shutdown_delay,
+            run.refresh_margin,
+            run.max_refresh_interval.unwrap_or_default(),
+        ] {
+            assert!(now.checked_add(d).is_some() && wall.checked_add(d).is_some());
+        }
+        let token =
+            crate::token::tests::token_at("us-east-1", "p", wall, Duration::from_secs(43200));
+        let at = run.refresh_policy().refresh_at(&token, 0.99);
+        assert!(at <= token.expires_at);
+        assert!(run.lease_duration.as_secs() < i32::MAX as u64);
+        crate::reconcile::WriteLimiter::new(run.write_qps, run.write_burst);
+    }
+
+    #[test]
+    fn bounds_and_identities() {
+        let cases: [(&[&str], &str); 14] = [
+            (&["--api-timeout", "0s"], "use 1s to 10m"),
+            (&["--api-timeout", "18446744073709551615s"], "out of range"),
+            (&["--max-refresh-interval", "0s"], "use 1m to 1day"),
+            (
+                &["--max-refresh-interval", "9300000000000000000s"],
+                "out of range",
+            ),
+            (&["--retry-period", "0s"], "use 500ms to 1h"),
+            (&["--lease-duration", "2562047788015215h"], "use 1s to 1h"),
+            (&["--identity", ""], "the identity is empty"),
+            (&["--identity", "   "], "the identity is empty"),
+            (&["--identity", " pod-a"], "surrounding whitespace"),
+            (&["--lease-namespace", "No Such"], "not a namespace name"),
+            (&["--log-level", "loud"], "not a log filter"),
+            (
+                &[
+                    "--role-arn",
+                    "arn:aws:iam::123456789012:role/r",
+                    "--role-session-name",
+                    "a b",
+                ],
+                "session name",
+            ),
+            (&["--write-qps", "100000"], "100000"),
+            (&["--concurrency", "0"], "0"),
+        ];
+        for (args, expected) in cases {
+            let mut all = vec!["--region", "us-east-1"];
+            all.extend_from_slice(args);
+            let err = parse(&all).expect_err(&format!("{args:?}"));
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        // Garbage through the environment is refused the same way.
+        assert!(parse_log_level("info,ecr_pull_secrets=debug").is_ok());
+        assert!(parse_log_level("WARN").is_ok());
+        assert!(parse_log_level("kube=what").is_err());
+        assert!(parse_log_level("").is_err());
+        assert!(parse_identity("ecr-pull-secrets-7d9f-abcde").is_ok());
+        // A spec's frequency bypasses the flag parser; validate() bounds it too.
+        let mut run = parse(&["--region", "us-east-1"]).unwrap();
+        run.max_refresh_interval = Some(Duration::from_secs(1));
+        assert!(
+            run.validate()
+                .unwrap_err()
+                .contains("--max-refresh-interval 1s is out of range")
+        );
     }
 
     #[test]

@@ -274,6 +274,11 @@ pub struct NamespaceCounts {
     /// Waiting for the first token.
     #[schemars(extend("format" = "int32"))]
     pub pending: u32,
+    /// Holding the last good token, which has expired: refreshing has failed for longer than
+    /// a token lives, and pulls fail until AWS answers again.
+    #[serde(default)]
+    #[schemars(extend("format" = "int32"))]
+    pub expired: u32,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

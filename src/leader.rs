@@ -6,6 +6,7 @@
 //! renew within the renew deadline (shorter than the lease duration) steps down before anyone
 //! else may take over.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,6 +20,64 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+
+/// Whether this replica may write now: it holds the lease and renewed it less than the renew
+/// deadline ago, by the monotonic clock. Checked right before every write, not only in the renew
+/// loop: a leader that was paused (SIGSTOP, a frozen VM, a stalled node) past its deadline must
+/// not send the writes it had queued before noticing, on resume, that another replica leads.
+#[derive(Debug, Clone)]
+pub struct Fence(Option<Arc<FenceState>>);
+
+#[derive(Debug)]
+struct FenceState {
+    /// When the last successful renew was sent; `None` while not leading.
+    renewed: Mutex<Option<Instant>>,
+    deadline: Duration,
+}
+
+impl Fence {
+    /// A fence for a replica that contends with `renew_deadline`.
+    pub fn new(renew_deadline: Duration) -> Fence {
+        Fence(Some(Arc::new(FenceState {
+            renewed: Mutex::new(None),
+            deadline: renew_deadline,
+        })))
+    }
+
+    /// For one-shot commands that do not lead (`cleanup`): always open.
+    pub fn open() -> Fence {
+        Fence(None)
+    }
+
+    fn renewed(&self, at: Instant) {
+        if let Some(state) = &self.0 {
+            *state.renewed.lock().expect("fence lock") = Some(at);
+        }
+    }
+
+    fn close(&self) {
+        if let Some(state) = &self.0 {
+            *state.renewed.lock().expect("fence lock") = None;
+        }
+    }
+
+    /// Ok while the lease is ours and fresh; call it immediately before sending a write.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        let Some(state) = &self.0 else { return Ok(()) };
+        let renewed = *state.renewed.lock().expect("fence lock");
+        match renewed {
+            Some(at) if at.elapsed() < state.deadline => Ok(()),
+            Some(at) => Err(crate::Error::LostLeadership(format!(
+                "the lease was last renewed {} ms ago (renew deadline {} ms); not writing",
+                at.elapsed().as_millis(),
+                state.deadline.as_millis()
+            ))),
+            None => Err(crate::Error::LostLeadership(
+                "not holding the lease; not writing".into(),
+            )),
+        }
+    }
+}
 
 /// Election settings.
 #[derive(Debug, Clone)]
@@ -60,7 +119,7 @@ pub fn next_step(
         holder_identity: Some(identity.to_string()),
         acquire_time: acquire.or(Some(MicroTime(now))),
         renew_time: Some(MicroTime(now)),
-        lease_duration_seconds: Some(duration.as_secs().max(1) as i32),
+        lease_duration_seconds: Some(whole_seconds(duration)),
         lease_transitions: Some(transitions),
         ..LeaseSpec::default()
     };
@@ -74,6 +133,15 @@ pub fn next_step(
         // Released (no holder) or expired: take it over.
         _ => Step::Update(held(None, transitions + 1)),
     }
+}
+
+/// A lease duration as the Lease stores it: whole seconds, rounded up (rounding down would let
+/// others take over before our renew deadline has passed), at least 1.
+fn whole_seconds(duration: Duration) -> i32 {
+    let seconds = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    i32::try_from(seconds.max(1)).unwrap_or(i32::MAX)
 }
 
 /// The spec that hands the lease over at once: no holder, a 1 s duration.
@@ -243,8 +311,17 @@ impl Elector {
 pub async fn run(
     mut elector: Elector,
     leading: watch::Sender<bool>,
+    fence: Fence,
     metrics: std::sync::Arc<Metrics>,
 ) {
+    // Whatever ends this loop (stepping down, being dropped) closes the fence.
+    struct CloseOnDrop(Fence);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _closed = CloseOnDrop(fence.clone());
     let config = elector.config().clone();
     let mut changes = Box::pin(elector.changes());
     let mut last_renew: Option<Instant> = None;
@@ -262,6 +339,8 @@ pub async fn run(
         match attempt {
             Ok(Ok(Attempt::Held)) => {
                 last_renew = Some(started);
+                // From when the request was sent: the lease's renewTime is no earlier.
+                fence.renewed(started);
                 if !leader {
                     tracing::info!(
                         identity = config.identity,
@@ -273,6 +352,7 @@ pub async fn run(
                 }
             }
             Ok(Ok(Attempt::NotHeld)) if leader => {
+                fence.close();
                 tracing::error!(
                     identity = config.identity,
                     "another replica took the lease; stepping down"
@@ -291,6 +371,7 @@ pub async fn run(
             && *leading.borrow()
             && Instant::now().duration_since(at) >= config.renew_deadline
         {
+            fence.close();
             tracing::error!(
                 identity = config.identity,
                 renew_deadline = ?config.renew_deadline,
@@ -344,6 +425,8 @@ mod tests {
             (Some(spec(Some("other"), 10, 3)), true, Some(("me", 4))),
             (Some(spec(None, 99, 3)), false, Some(("me", 4))),
             (Some(spec(Some(""), 99, 3)), false, Some(("me", 4))),
+            // Any non-empty foreign holder is a holder, whitespace included.
+            (Some(spec(Some(" "), 99, 3)), false, None),
         ];
         for (i, (current, expired, expected)) in cases.into_iter().enumerate() {
             let step = next_step(current.as_ref(), "me", expired, now, d);
@@ -369,6 +452,32 @@ mod tests {
             panic!()
         };
         assert_eq!(taken.acquire_time, Some(MicroTime(now)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_opens_only_within_the_renew_deadline() {
+        let fence = Fence::new(Duration::from_secs(10));
+        assert!(fence.check().is_err(), "closed before the first renew");
+        fence.renewed(Instant::now());
+        assert!(fence.check().is_ok());
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(fence.check().is_ok());
+        // A pause past the deadline (SIGSTOP): closed on resume, before the renew loop runs.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let err = fence.check().unwrap_err().to_string();
+        assert!(err.contains("not writing"), "{err}");
+        fence.renewed(Instant::now());
+        fence.close();
+        assert!(fence.check().is_err());
+        assert!(Fence::open().check().is_ok());
+    }
+
+    #[test]
+    fn lease_duration_is_written_rounded_up() {
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(15)), 15);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::MAX), i32::MAX);
     }
 
     #[test]

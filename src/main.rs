@@ -5,10 +5,19 @@ use clap::Parser;
 use ecr_pull_secrets::config::{Cli, Command, LogArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&args.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// RUST_LOG wins over --log-level; either, when invalid, is an error rather than silence.
+fn log_filter(args: &LogArgs) -> Result<EnvFilter, String> {
+    match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => {
+            ecr_pull_secrets::config::parse_log_level(&value)
+                .map_err(|e| format!("RUST_LOG: {e}"))?;
+            EnvFilter::try_new(value).map_err(|e| format!("RUST_LOG: {e}"))
+        }
+        _ => EnvFilter::try_new(&args.log_level).map_err(|e| format!("--log-level: {e}")),
+    }
+}
+
+fn init_logging(args: &LogArgs, filter: EnvFilter) {
     // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -23,7 +32,21 @@ fn init_logging(args: &LogArgs) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    match log_filter(&cli.log) {
+        Ok(filter) => init_logging(&cli.log, filter),
+        Err(error) => {
+            eprintln!("ecr-pull-secrets: {error}");
+            return ExitCode::from(2);
+        }
+    }
+    // A panic is a bug: log it and end the process (the Deployment restarts it) instead of
+    // letting one task die while the replica still reports ready.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "internal error; exiting so the replica restarts");
+        default_hook(info);
+        std::process::exit(101);
+    }));
     let result = match cli.command {
         Command::Run(args) => ecr_pull_secrets::run::run(args)
             .await

@@ -39,7 +39,7 @@ pub struct FailureLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `written`, `up_to_date`, `removed`, `not_selected`, `conflict`, `pending` or `error`.
+    /// `written`, `up_to_date`, `removed`, `not_selected`, `conflict`, `pending`, `expired` or `error`.
     pub outcome: String,
 }
 
@@ -56,7 +56,7 @@ pub struct BuildLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `synced`, `failed`, `excluded`, `conflict` or `pending` (no token yet).
+    /// `synced`, `failed`, `excluded`, `conflict`, `pending` (no token yet) or `expired` (the token written has expired).
     pub state: String,
 }
 
@@ -160,7 +160,7 @@ impl Metrics {
         let namespaces = Family::<StateLabels, Gauge>::default();
         registry.register(
             "namespaces",
-            "Namespaces by the state of their pull secret: synced, failed, excluded, conflict (a foreign Secret has our name), pending (no token yet)",
+            "Namespaces by the state of their pull secret: synced, failed, excluded, conflict (a foreign Secret has our name), pending (no token yet), expired (the last good token written has expired: AWS failing)",
             namespaces.clone(),
         );
         let writes = Family::<WriteLabels, Counter>::default();
@@ -312,7 +312,7 @@ impl Metrics {
         self.tokens.lock().expect("tokens lock").clone()
     }
 
-    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`).
+    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`, `expired`).
     pub fn state_counts(&self) -> BTreeMap<&'static str, u32> {
         let mut counts = BTreeMap::new();
         for state in self.states.lock().expect("states lock").values() {

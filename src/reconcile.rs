@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, Preconditions,
+};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -56,13 +58,18 @@ impl WriteLimiter {
     }
 }
 
-/// Our last write to a namespace: a different resourceVersion in the cache means someone else
-/// wrote; a write the cache has not shown yet is not repeated.
+/// A version of our Secret in a namespace whose data we know to match its fingerprint: one we
+/// wrote, or one whose data we read and hashed. Any other version (another resourceVersion or
+/// UID: someone wrote, or deleted and recreated it) has its data checked before it is trusted,
+/// because its metadata, our label and fingerprint included, can be copied by anyone who may
+/// create a Secret there.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub resource_version: String,
-    /// The config written: shared by every namespace, not copied into each entry.
-    pub config: Arc<Rendered>,
+    pub uid: Option<String>,
+    /// The config we wrote (shared by every namespace, not copied into each entry); `None`
+    /// for a version we only verified. A write the cache has not shown yet is not repeated.
+    pub config: Option<Arc<Rendered>>,
 }
 
 /// Shared with the Secret watch, which forgets a namespace's entry when its Secret is deleted.
@@ -90,6 +97,8 @@ pub struct Context {
     pub gate: Gate<String>,
     /// What our last write to each namespace returned.
     pub written: WrittenLog,
+    /// Closed unless the lease was renewed within the renew deadline: checked before each write.
+    pub fence: crate::leader::Fence,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     /// True once the Secret (and ServiceAccount) caches have their first full list. A watch
@@ -108,6 +117,9 @@ pub enum Outcome {
     Conflict,
     UpToDate,
     Written,
+    /// Written or up to date, but with a token that has expired (AWS failing for longer than
+    /// the token lives): pulls fail until the next refresh.
+    Expired,
 }
 
 /// The Secret we want in `namespace`.
@@ -156,6 +168,29 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
         .as_ref()
         .and_then(|l| l.get(MANAGED_LABEL))
         .is_some_and(|v| v == MANAGED_VALUE)
+}
+
+/// Our field manager set the managed-by label: server-side apply records it in managedFields.
+/// A label alone can be copied by anyone who may create a Secret; a Secret created with our
+/// label by someone else (kubectl, another tool) lacks this entry and is never overwritten or
+/// deleted.
+pub fn labelled_by_us(meta: &ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:metadata")
+                    .and_then(|m| m.get("f:labels"))
+                    .and_then(|l| l.get(format!("f:{MANAGED_LABEL}")))
+                    .is_some()
+            })
+    })
+}
+
+/// The one definition of "our Secret" for a configuration (`owner`: the EcrPullSecret, `None`
+/// for the flag-configured secret), shared by the controller, `status` and `cleanup`: our
+/// managed label, set by our field manager, and this configuration's owner label.
+pub fn ours(meta: &ObjectMeta, owner: Option<&str>) -> bool {
+    is_managed(meta) && owner_of(meta) == owner && labelled_by_us(meta)
 }
 
 /// Another field manager owns our config key: someone edited the data. Visible in metadata, so
@@ -268,12 +303,45 @@ impl Context {
                 Outcome::Written
             }
         };
-        self.events.clear(namespace);
         self.service_account_entries(namespace, true).await?;
+        if rendered.expires_at <= SystemTime::now() {
+            // Counted as expired wherever it is; said in an Event only where we write it (a
+            // new namespace, a repair): every namespace holds it once the token has expired.
+            if outcome != Outcome::Written {
+                return Ok(Outcome::Expired);
+            }
+            // AWS has been failing since before the last good token expired. The expired token
+            // stays written (the Secret and ServiceAccount entries are in place, so recovery is
+            // one write per namespace), but nobody may take it for a working one.
+            tracing::warn!(
+                namespace,
+                secret = self.secret_name,
+                expired_at = %rfc3339(rendered.expires_at),
+                "the pull secret holds an expired token: pulls fail until AWS answers again"
+            );
+            self.events
+                .warn(
+                    namespace,
+                    "TokenExpired",
+                    "Sync",
+                    format!(
+                        "The ECR token in Secret {} expired at {}: refreshing it has been failing (see the \
+                         controller's log and the EcrPullSecretsTokenRefreshFailing alert); it is replaced as \
+                         soon as AWS answers again.",
+                        self.secret_name,
+                        rfc3339(rendered.expires_at)
+                    ),
+                )
+                .await;
+            return Ok(Outcome::Expired);
+        }
+        self.events.clear(namespace);
         Ok(outcome)
     }
 
-    /// Whether the data of a Secret whose metadata says "up to date" was changed by someone.
+    /// Whether the data of a Secret whose metadata says "up to date" differs from it: edited by
+    /// another field manager, or a version we neither wrote nor verified (written by someone
+    /// else, or deleted and recreated) whose data does not hash to the fingerprint.
     async fn drifted(
         &self,
         namespace: &str,
@@ -287,15 +355,18 @@ impl Context {
             );
             return Ok(true);
         }
-        let last = self
+        let known = self
             .written
             .lock()
             .expect("lock")
             .get(namespace)
-            .map(|w| w.resource_version.clone());
-        match last {
-            Some(last) if Some(&last) != cached.resource_version.as_ref() => {
-                // Written since our last write: compare the data itself, once.
+            .is_some_and(|w| {
+                Some(&w.resource_version) == cached.resource_version.as_ref() && w.uid == cached.uid
+            });
+        match known {
+            true => Ok(false),
+            false => {
+                // Not a version we know: compare the data itself, once.
                 let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
                 let Some(full) = self
                     .bounded("read", namespace, api.get_opt(&self.secret_name))
@@ -307,7 +378,7 @@ impl Context {
                 let intact = data.is_some_and(|d| fingerprint(&d.0) == rendered.fingerprint);
                 if intact {
                     if let Some(rv) = full.resource_version() {
-                        self.remember(namespace, rv, rendered);
+                        self.remember(namespace, rv, full.uid(), None);
                     }
                 } else {
                     tracing::info!(
@@ -317,18 +388,102 @@ impl Context {
                 }
                 Ok(!intact)
             }
-            _ => Ok(false),
         }
     }
 
-    fn remember(&self, namespace: &str, resource_version: String, config: &Arc<Rendered>) {
+    fn remember(
+        &self,
+        namespace: &str,
+        resource_version: String,
+        uid: Option<String>,
+        config: Option<&Arc<Rendered>>,
+    ) {
         self.written.lock().expect("lock").insert(
             namespace.to_string(),
             Written {
                 resource_version,
-                config: config.clone(),
+                uid,
+                config: config.cloned(),
             },
         );
+    }
+
+    /// Reads every Secret with our name (page by page, never kept) and records the versions
+    /// whose data hashes to their fingerprint, so that reconciles trust them without a read;
+    /// any other version of ours is read and checked by the reconcile that meets it. Run when
+    /// leading starts and before each periodic resync: it catches data changed behind metadata
+    /// that looks like ours. Returns (verified, mismatched).
+    pub async fn verify_all(&self) -> Result<(usize, usize), Error> {
+        let api: Api<Secret> = Api::all(self.client.clone());
+        let mut params = ListParams::default()
+            .fields(&format!("metadata.name={}", self.secret_name))
+            .labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"))
+            .limit(500);
+        let (mut verified, mut mismatched) = (0, 0);
+        loop {
+            let page = match tokio::time::timeout(self.api_timeout, api.list(&params)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(source)) => {
+                    return Err(Error::Kube {
+                        context: format!(
+                            "listing Secrets {} to verify their data",
+                            self.secret_name
+                        ),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "listing Secrets {} took longer than {:?}",
+                        self.secret_name, self.api_timeout
+                    )));
+                }
+            };
+            for secret in &page.items {
+                let Some(namespace) = secret.metadata.namespace.as_deref() else {
+                    continue;
+                };
+                if !ours(&secret.metadata, self.owner.as_deref()) {
+                    continue;
+                }
+                let annotated = secret.annotations().get(FINGERPRINT_ANNOTATION);
+                let data = secret.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY));
+                let intact = data
+                    .zip(annotated)
+                    .is_some_and(|(d, f)| fingerprint(&d.0) == *f);
+                if intact && let Some(rv) = secret.resource_version() {
+                    verified += 1;
+                    let mut written = self.written.lock().expect("lock");
+                    // Keep a write of ours the list raced with.
+                    if written
+                        .get(namespace)
+                        .is_none_or(|w| w.resource_version != rv)
+                    {
+                        written.insert(
+                            namespace.to_string(),
+                            Written {
+                                resource_version: rv,
+                                uid: secret.uid(),
+                                config: None,
+                            },
+                        );
+                    }
+                } else if !intact {
+                    mismatched += 1;
+                    // Its next reconcile reads it again and restores it.
+                    self.written.lock().expect("lock").remove(namespace);
+                    tracing::info!(
+                        namespace,
+                        secret = self.secret_name,
+                        "pull secret data does not match its fingerprint; it will be restored"
+                    );
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok((verified, mismatched)),
+            }
+        }
     }
 
     /// We wrote this config and the cache has not caught up yet (a deletion clears the entry).
@@ -337,7 +492,8 @@ impl Context {
             .lock()
             .expect("lock")
             .get(namespace)
-            .is_some_and(|w| w.config.fingerprint == fingerprint)
+            .and_then(|w| w.config.as_ref())
+            .is_some_and(|c| c.fingerprint == fingerprint)
     }
 
     async fn apply(&self, namespace: &str, rendered: &Arc<Rendered>) -> Result<(), Error> {
@@ -350,6 +506,8 @@ impl Context {
         );
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.write_slot().await;
+        // After the limiter's wait, immediately before sending.
+        self.fence.check()?;
         let written = self
             .bounded(
                 "write",
@@ -359,15 +517,17 @@ impl Context {
             .await?;
         self.metrics.write("apply");
         if let Some(rv) = written.resource_version() {
-            self.remember(namespace, rv, rendered);
+            self.remember(namespace, rv, written.uid(), Some(rendered));
         }
-        tracing::info!(
-            namespace,
-            secret = self.secret_name,
-            registries = rendered.hosts.join(","),
-            expires_at = %rfc3339(rendered.expires_at),
-            "wrote pull secret"
-        );
+        if rendered.expires_at > SystemTime::now() {
+            tracing::info!(
+                namespace,
+                secret = self.secret_name,
+                registries = rendered.hosts.join(","),
+                expires_at = %rfc3339(rendered.expires_at),
+                "wrote pull secret"
+            );
+        }
         Ok(())
     }
 
@@ -387,6 +547,7 @@ impl Context {
                 ..DeleteParams::default()
             };
             self.write_slot().await;
+            self.fence.check()?;
             match self
                 .bounded(
                     "delete",
@@ -452,6 +613,7 @@ impl Context {
                 &self.secret_name,
                 present,
                 self.api_timeout,
+                &self.fence,
             )
             .await?;
             if wrote {
@@ -481,6 +643,16 @@ impl Context {
         }
     }
 
+    /// A namespace that is gone or going: no state, no backoff entry, no record of our write.
+    pub fn forget_namespace(&self, namespace: &str, uid: Option<&str>) {
+        self.metrics.namespace_state(namespace, None);
+        self.metrics.dequeued(namespace);
+        if let Some(uid) = uid {
+            self.gate.succeeded(&uid.to_string());
+        }
+        self.written.lock().expect("lock").remove(namespace);
+    }
+
     async fn caches_ready(&self) -> bool {
         let mut ready = self.caches_ready.clone();
         matches!(
@@ -498,6 +670,12 @@ pub async fn reconcile(
     // A worker has it: no longer waiting, whatever happens next.
     ctx.metrics.dequeued(&ns.name_any());
     let key = ns.uid().unwrap_or_else(|| ns.name_any());
+    if ns.metadata.deletion_timestamp.is_some() {
+        // Before the backoff gate: a namespace deleted while failing must leave the failed
+        // count now, not when its backoff would have let it retry.
+        ctx.forget_namespace(&ns.name_any(), Some(&key));
+        return Ok(Action::await_change());
+    }
     let now = Instant::now();
     if let Some(wait) = ctx.gate.check(&key, now) {
         return Ok(Action::requeue(wait));
@@ -516,6 +694,7 @@ pub async fn reconcile(
         Ok(Outcome::NotSelected) => "not_selected",
         Ok(Outcome::Conflict) => "conflict",
         Ok(Outcome::NoTokenYet) => "pending",
+        Ok(Outcome::Expired) => "expired",
         Err(_) => "error",
     };
     ctx.metrics.reconciled(outcome, started.elapsed());
@@ -527,6 +706,7 @@ pub async fn reconcile(
                 Outcome::NotSelected | Outcome::Removed => Some("excluded"),
                 Outcome::Conflict => Some("conflict"),
                 Outcome::NoTokenYet => Some("pending"),
+                Outcome::Expired => Some("expired"),
             };
             ctx.metrics.namespace_state(&namespace, state);
             ctx.gate.succeeded(&key);

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::config::RunArgs;
 use crate::crd::{EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts};
+use crate::leader::Fence;
 use crate::metrics::{Metrics, Problem, TokenHealth};
 use crate::render::rfc3339;
 
@@ -38,6 +39,7 @@ pub async fn serve(
     implicit_secret: Option<String>,
     client: Client,
     metrics: Arc<Metrics>,
+    fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let api: Api<EcrPullSecret> = Api::all(client.clone());
@@ -47,6 +49,7 @@ pub async fn serve(
         base,
         implicit_secret,
         metrics,
+        fence,
         store: controller.store(),
         running: Mutex::new(HashMap::new()),
     });
@@ -93,6 +96,8 @@ struct Supervisor {
     base: RunArgs,
     implicit_secret: Option<String>,
     metrics: Arc<Metrics>,
+    /// Closed when the lease is not fresh: every write checks it first.
+    fence: Fence,
     store: Store<EcrPullSecret>,
     /// Running pipelines by resource name; `serve` stops them all on shutdown.
     running: Mutex<HashMap<String, Running>>,
@@ -210,6 +215,7 @@ impl Supervisor {
             name.clone(),
             self.client.clone(),
             metrics.clone(),
+            self.fence.clone(),
             stop,
         ));
         let status = tokio::spawn(write_status(
@@ -218,6 +224,7 @@ impl Supervisor {
             generation,
             resource.status.clone().unwrap_or_default(),
             metrics.clone(),
+            self.fence.clone(),
         ));
         tracing::info!(
             resource = name,
@@ -308,6 +315,7 @@ impl Supervisor {
             false,
             self.base.api_timeout,
             !shared,
+            &self.fence,
         )
         .await;
         if resource.spec.service_accounts.is_none()
@@ -320,6 +328,7 @@ impl Supervisor {
                 false,
                 self.base.api_timeout,
                 false,
+                &self.fence,
             )
             .await;
         }
@@ -381,6 +390,7 @@ async fn keep_running(
     name: String,
     client: Client,
     metrics: Arc<Metrics>,
+    fence: Fence,
     stop: watch::Receiver<bool>,
 ) {
     // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
@@ -395,6 +405,7 @@ async fn keep_running(
             Some(&name),
             client.clone(),
             metrics.clone(),
+            &fence,
             stop.clone(),
         )
         // The resource's name on every log line of its pipeline, token refreshes included.
@@ -429,6 +440,7 @@ async fn write_status(
     generation: i64,
     mut written: EcrPullSecretStatus,
     metrics: Arc<Metrics>,
+    fence: Fence,
 ) {
     loop {
         let status = status_of(
@@ -440,7 +452,7 @@ async fn write_status(
             SystemTime::now(),
         );
         metrics.resource_ready(&name, Some(is_ready(&status)));
-        if status != written {
+        if status != written && fence.check().is_ok() {
             match patch_status(&api, &name, &status).await {
                 Ok(()) => written = status,
                 Err(error) => {
@@ -492,6 +504,7 @@ pub fn status_of(
         failed: count("failed"),
         conflict: count("conflict"),
         pending: count("pending"),
+        expired: count("expired"),
     };
     let expires = tokens.values().filter_map(|t| t.expires_at).min();
     let last_refresh = tokens.values().filter_map(|t| t.last_refresh).min();
@@ -501,10 +514,18 @@ pub fn status_of(
         .collect();
     let valid_until = expires
         .map(|e| {
-            format!(
-                "the secrets keep the last good token, valid until {}",
-                rfc3339(e)
-            )
+            if e <= now {
+                format!(
+                    "the last good token expired at {}: pulls fail in {} namespace(s) until AWS answers again",
+                    rfc3339(e),
+                    namespaces.expired
+                )
+            } else {
+                format!(
+                    "the secrets keep the last good token, valid until {}",
+                    rfc3339(e)
+                )
+            }
         })
         .unwrap_or_else(|| "no token was fetched yet, so nothing was written".into());
 

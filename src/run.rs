@@ -25,7 +25,7 @@ use crate::backoff::{Exponential, Gate};
 use crate::config::RunArgs;
 use crate::credentials::{self, SecretCredentials};
 use crate::events::Events;
-use crate::leader::{self, Elector, LeaseConfig};
+use crate::leader::{self, Elector, Fence, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, WriteLimiter, WrittenLog};
 use crate::registry::RegistryHost;
@@ -76,10 +76,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     health.started.store(true, Ordering::SeqCst);
 
     let lease = LeaseConfig {
-        namespace: args
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| own_namespace(&client, &args)),
+        namespace: lease_namespace(&client, &args),
         name: args.lease_name.clone(),
         identity: args.identity.clone().unwrap_or_else(default_identity),
         lease_duration: args.lease_duration,
@@ -92,9 +89,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         "contending for leadership"
     );
     let (leading_tx, mut leading) = watch::channel(false);
+    let fence = Fence::new(args.renew_deadline);
     let election = AbortOnDrop(tokio::spawn(leader::run(
         Elector::new(client.clone(), lease.clone()),
         leading_tx,
+        fence.clone(),
         metrics.clone(),
     )));
 
@@ -117,7 +116,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // lease is lost. The flag-configured secret and the EcrPullSecrets run side by side.
     let implicit = async {
         if args.configures_secret() {
-            lead(&args, None, client.clone(), metrics.clone(), stop.clone()).await
+            lead(
+                &args,
+                None,
+                client.clone(),
+                metrics.clone(),
+                &fence,
+                stop.clone(),
+            )
+            .await
         } else {
             Ok(())
         }
@@ -130,6 +137,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 implicit_secret,
                 client.clone(),
                 metrics.clone(),
+                fence.clone(),
                 stop.clone(),
             )
             .await
@@ -193,6 +201,7 @@ pub(crate) async fn lead(
     owner: Option<&str>,
     client: Client,
     metrics: Arc<Metrics>,
+    fence: &Fence,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let selection = args.selection().map_err(Error::Config)?;
@@ -250,7 +259,7 @@ pub(crate) async fn lead(
     ));
 
     // Metadata of our Secrets only, selected by name server-side: the controller never sees
-    // another Secret, and never caches Secret data.
+    // another Secret, and never caches Secret data (`verify_all` hashes it page by page).
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", args.secret_name));
@@ -289,21 +298,8 @@ pub(crate) async fn lead(
         None => (None, futures::stream::pending().boxed()),
     };
 
-    // One waiter per store; reconciles wait on the channel.
     let (ready_tx, caches_ready) = watch::channel(false);
-    tasks.spawn({
-        let secrets = secret_cache.clone();
-        let accounts = account_store.clone();
-        async move {
-            secrets.wait_until_ready().await;
-            if let Some(accounts) = accounts
-                && accounts.wait_until_ready().await.is_err()
-            {
-                return;
-            }
-            ready_tx.send_replace(true);
-        }
-    });
+    let accounts_ready = account_store.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         secret_name: args.secret_name.clone(),
@@ -320,10 +316,27 @@ pub(crate) async fn lead(
             max: Duration::from_secs(300),
         }),
         written,
+        fence: fence.clone(),
         events: Events::new(client.clone(), args.identity.clone()),
         metrics: metrics.clone(),
         caches_ready,
     });
+    // One waiter per store; reconciles wait on the channel. Not in `tasks`: it ends by design.
+    let _caches_waiter = AbortOnDrop(tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            ctx.secrets.wait_until_ready().await;
+            if let Some(accounts) = accounts_ready
+                && accounts.wait_until_ready().await.is_err()
+            {
+                return;
+            }
+            // Our Secrets' data checked once, so reconciles trust what matches without a read.
+            verify_secrets(&ctx).await;
+            ready_tx.send_replace(true);
+        }
+        .in_current_span()
+    }));
     // Metadata only: labels, annotations and deletion state are all selection needs.
     let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
     let (namespace_store, namespace_writer) = reflector::store();
@@ -336,12 +349,15 @@ pub(crate) async fn lead(
         .modify(move |ns| reconcile::slim_namespace(ns, keep_labels))
         .reflect(namespace_writer)
         .inspect_ok({
-            let metrics = metrics.clone();
+            let ctx = ctx.clone();
             move |event| match event {
                 watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                    metrics.enqueued(&ns.name_any())
+                    ctx.metrics.enqueued(&ns.name_any())
                 }
-                watcher::Event::Delete(ns) => metrics.dequeued(&ns.name_any()),
+                // Gone: its state (say `failed`) must not outlive it in the metrics.
+                watcher::Event::Delete(ns) => {
+                    ctx.forget_namespace(&ns.name_any(), ns.uid().as_deref())
+                }
                 watcher::Event::Init | watcher::Event::InitDone => {}
             }
         })
@@ -352,18 +368,38 @@ pub(crate) async fn lead(
     });
     // A safety net against anything a watch could miss: every namespace re-checked from the
     // caches (no writes when in sync) on one timer, instead of a timer per namespace.
-    let resync = futures::stream::unfold((), |()| async {
+    let resync = futures::stream::unfold(ctx.clone(), |ctx| async move {
         tokio::time::sleep(RESYNC_PERIOD).await;
-        Some(((), ()))
+        verify_secrets(&ctx).await;
+        Some(((), ctx))
     });
-    let reconcile_all = futures::stream::select(new_config, resync).inspect({
-        let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
-        move |_| {
-            for ns in namespaces.state() {
-                metrics.enqueued(&ns.name_any());
+    // When the config written expires without a replacement (AWS failing for longer than the
+    // token lives), every namespace is re-checked so none still counts as synced.
+    let expired = futures::stream::unfold(ctx.desired.clone(), |mut desired| async move {
+        loop {
+            let expires = desired.borrow_and_update().as_ref().map(|r| r.expires_at);
+            let wait = expires.and_then(|e| e.duration_since(std::time::SystemTime::now()).ok());
+            match wait {
+                Some(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait + Duration::from_millis(100)) => {
+                        return Some(((), desired));
+                    }
+                    changed = desired.changed() => changed.ok()?,
+                },
+                // None yet, or already expired (the reconcile that wrote it said so).
+                None => desired.changed().await.ok()?,
             }
         }
     });
+    let reconcile_all =
+        futures::stream::select(futures::stream::select(new_config, resync), expired).inspect({
+            let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
+            move |_| {
+                for ns in namespaces.state() {
+                    metrics.enqueued(&ns.name_any());
+                }
+            }
+        });
     let count_trigger = {
         let metrics = metrics.clone();
         move |namespace: &Option<String>| {
@@ -387,13 +423,15 @@ pub(crate) async fn lead(
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| {
-            let metrics = metrics.clone();
+            let (metrics, ctx) = (metrics.clone(), ctx.clone());
             async move {
                 match result {
-                    // A namespace deleted before its turn: nothing to do.
-                    Err(ControllerError::ObjectNotFound(object)) => metrics.dequeued(&object.name),
+                    // A namespace deleted before its turn: nothing to do but forget it.
+                    Err(ControllerError::ObjectNotFound(object)) => {
+                        ctx.forget_namespace(&object.name, None)
+                    }
                     Ok(_) => {}
                     // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
                     Err(error) => {
@@ -413,15 +451,31 @@ pub(crate) async fn lead(
     // controller's graceful shutdown can stall if it comes before its first list).
     let mut deadline = stop_for_drain;
     let drain_limit = args.api_timeout + Duration::from_secs(1);
-    tokio::select! {
-        _ = controller => tracing::info!("stopped leading: in-flight work finished"),
+    let result = tokio::select! {
+        _ = controller => {
+            tracing::info!("stopped leading: in-flight work finished");
+            Ok(())
+        }
         _ = async {
             let _ = deadline.wait_for(|s| *s).await;
             tokio::time::sleep(drain_limit).await;
-        } => tracing::warn!("stopped leading: in-flight work did not finish within {drain_limit:?}"),
-    }
+        } => {
+            tracing::warn!("stopped leading: in-flight work did not finish within {drain_limit:?}");
+            Ok(())
+        }
+        // Token refresh, rendering and the credentials watch run until dropped: one that ends
+        // (or panics) would leave the replica leading, ready and never refreshing again.
+        Some(ended) = tasks.join_next() => Err(Error::Config(format!(
+            "a background task of the leader ended unexpectedly ({}); stopping the leader's work so \
+             the process restarts clean",
+            match ended {
+                Ok(()) => "it returned".to_string(),
+                Err(e) => e.to_string(),
+            }
+        ))),
+    };
     tasks.shutdown().await;
-    Ok(())
+    result
 }
 
 pub(crate) async fn connect() -> Result<Client, Error> {
@@ -464,6 +518,7 @@ async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
             args.api_timeout
         ))),
     }?;
+    lease_namespace_exists(client, args).await?;
     if !args.resources {
         return Ok(());
     }
@@ -488,6 +543,34 @@ async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
             args.api_timeout
         ))),
     }
+}
+
+/// A Lease in a namespace that does not exist can never be created: the replica would follow
+/// forever while reporting ready.
+async fn lease_namespace_exists(client: &Client, args: &RunArgs) -> Result<(), Error> {
+    let namespace = lease_namespace(client, args);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match tokio::time::timeout(args.api_timeout, namespaces.get_metadata_opt(&namespace)).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(Error::Config(format!(
+            "the Lease's namespace {namespace:?} does not exist; create it, or set --lease-namespace \
+             (ECR_PULL_SECRETS_LEASE_NAMESPACE) or --namespace (POD_NAMESPACE) to the controller's own namespace"
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: format!("reading namespace {namespace} (the Lease's)"),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer within {:?} (reading namespace {namespace})",
+            args.api_timeout
+        ))),
+    }
+}
+
+pub(crate) fn lease_namespace(client: &Client, args: &RunArgs) -> String {
+    args.lease_namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace(client, args))
 }
 
 /// The AWS configuration: base credentials from the credentials Secret (followed by a task in
@@ -560,6 +643,19 @@ pub(crate) async fn sdk_config(
         .into_builder()
         .credentials_provider(assumed)
         .build())
+}
+
+/// Runs [`Context::verify_all`]; on failure reconciles read each Secret they cannot trust.
+async fn verify_secrets(ctx: &Context) {
+    match ctx.verify_all().await {
+        Ok((verified, mismatched)) => {
+            tracing::debug!(verified, mismatched, "verified pull secret data")
+        }
+        Err(error) => tracing::warn!(
+            error = %error,
+            "could not list our Secrets to verify their data; each is read when reconciled instead"
+        ),
+    }
 }
 
 /// Renders the docker config whenever a token changes; publishes only valid, changed configs.

@@ -13,16 +13,15 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::reconcile::{FINGERPRINT_ANNOTATION, edited_by_someone_else, is_managed, owner_of};
+use crate::reconcile::{FINGERPRINT_ANNOTATION, edited_by_someone_else, ours};
 
 /// What reconcile needs to know of the Secret with our name in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedSecret {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
-    /// Ours: our managed-by label, and the owner label of this configuration (none for the
-    /// flag-configured controller, the EcrPullSecret's name for a resource). Else it is
-    /// someone else's Secret, or another resource's.
+    /// Ours by [`ours`]: our managed-by label set by our field manager, and the owner label of
+    /// this configuration. Else it is someone else's Secret, or another resource's.
     pub managed: bool,
     /// Our fingerprint annotation: which config it holds.
     pub fingerprint: Option<Box<str>>,
@@ -35,7 +34,7 @@ impl CachedSecret {
         CachedSecret {
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
-            managed: is_managed(meta) && owner_of(meta) == owner,
+            managed: ours(meta, owner),
             fingerprint: meta
                 .annotations
                 .as_ref()
@@ -158,6 +157,7 @@ impl SecretCache {
 mod tests {
     use super::*;
     use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
     use std::collections::BTreeMap;
 
     fn secret(namespace: &str, rv: &str) -> PartialObjectMeta<Secret> {
@@ -175,6 +175,15 @@ mod tests {
                     FINGERPRINT_ANNOTATION.to_string(),
                     "abc".to_string(),
                 )])),
+                // Our field manager set our label: server-side apply records it.
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some(crate::reconcile::FIELD_MANAGER.into()),
+                    operation: Some("Apply".into()),
+                    fields_v1: Some(FieldsV1(serde_json::json!({
+                        "f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}}
+                    }))),
+                    ..ManagedFieldsEntry::default()
+                }]),
                 ..ObjectMeta::default()
             },
             ..PartialObjectMeta::default()

@@ -108,6 +108,7 @@ pub async fn set_entry(
     secret: &str,
     present: bool,
     timeout: Duration,
+    fence: &crate::leader::Fence,
 ) -> Result<bool, Error> {
     let namespace = sa.namespace().unwrap_or_default();
     let name = sa.name_any();
@@ -142,6 +143,7 @@ pub async fn set_entry(
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
+        fence.check()?;
         let patched =
             tokio::time::timeout(timeout, api.patch(&name, &params, &Patch::Merge(&patch))).await;
         match bounded(patched)? {

@@ -23,7 +23,7 @@ use crate::Error;
 use crate::config::{OutputFormat, StatusArgs};
 use crate::reconcile::{
     EXPIRES_ANNOTATION, FIELD_MANAGER, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
-    REGISTRIES_ANNOTATION, edited_by_someone_else, is_managed,
+    REGISTRIES_ANNOTATION, edited_by_someone_else, ours,
 };
 use crate::render::rfc3339;
 use crate::selection::{Decision, Selection};
@@ -117,7 +117,7 @@ impl SecretView {
                 .filter(|v| !v.is_empty())
         };
         SecretView {
-            managed: is_managed(meta),
+            managed: ours(meta, None),
             fingerprint: annotation(FINGERPRINT_ANNOTATION).map(str::to_string),
             expires_at: annotation(EXPIRES_ANNOTATION)
                 .and_then(|v| humantime::parse_rfc3339_weak(v).ok()),
@@ -815,8 +815,12 @@ mod tests {
     }
 
     fn entry(manager: &str, at: i64, data: bool) -> ManagedFieldsEntry {
+        // A write of the data is an apply of the whole Secret: label and data together.
         let fields = if data {
-            json!({"f:data": {"f:.dockerconfigjson": {}}})
+            json!({
+                "f:data": {"f:.dockerconfigjson": {}},
+                "f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}},
+            })
         } else {
             json!({"f:metadata": {"f:annotations": {}}})
         };
@@ -963,6 +967,34 @@ mod tests {
             .unwrap()
             .insert(EXPIRES_ANNOTATION.into(), "soon".into());
         assert_eq!(SecretView::of(&bad).expires_at, None);
+    }
+
+    /// `status` and the controller share one definition of "ours" (`reconcile::ours`): another
+    /// EcrPullSecret's Secret, or our label set by someone else, is a conflict for both.
+    #[test]
+    fn ours_is_the_controllers_definition() {
+        let mut other_resource = ours("a", "fp", 3600, 10);
+        other_resource
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(crate::crd::OWNER_LABEL.into(), "team-b".into());
+        let mut copied_label = ours("a", "fp", 3600, 10);
+        copied_label.managed_fields = Some(vec![entry("kubectl-create", 10, true)]);
+        for meta in [other_resource, copied_label] {
+            let view = SecretView::of(&meta);
+            assert!(!view.managed);
+            assert!(!crate::reconcile::ours(&meta, None));
+            assert_eq!(
+                crate::secret_cache::CachedSecret::from_meta(&meta, None).managed,
+                view.managed
+            );
+            assert_eq!(
+                classify(Decision::Selected, Some(&view), Some("fp"), t(0)),
+                State::Conflict
+            );
+        }
+        assert!(SecretView::of(&ours("a", "fp", 3600, 10)).managed);
     }
 
     #[test]

@@ -190,8 +190,12 @@ impl RefreshPolicy {
         let lead = lead + lead.mul_f64(self.jitter * random.clamp(0.0, 1.0));
         let lead = lead.min(lifetime);
         let by_lifetime = token.expires_at - lead;
-        match self.max_interval {
-            Some(max) => by_lifetime.min(token.fetched_at + max),
+        // checked: a bound past the end of time is no bound, not a panic.
+        match self
+            .max_interval
+            .and_then(|max| token.fetched_at.checked_add(max))
+        {
+            Some(bound) => by_lifetime.min(bound),
             None => by_lifetime,
         }
     }

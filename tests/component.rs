@@ -9,9 +9,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ecr_pull_secrets::backoff::{Exponential, Gate};
 use ecr_pull_secrets::events::Events;
+use ecr_pull_secrets::leader::Fence;
 use ecr_pull_secrets::metrics::Metrics;
 use ecr_pull_secrets::reconcile::{
-    Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter,
+    Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter, Written,
+    ours,
 };
 use ecr_pull_secrets::render::{Rendered, render};
 use ecr_pull_secrets::secret_cache::SecretCache;
@@ -52,7 +54,17 @@ struct World {
     selection: Selection,
     desired: Option<Arc<Rendered>>,
     secrets: Vec<PartialObjectMeta<Secret>>,
+    /// Whether `secrets`' versions count as verified (the start-up sweep ran).
+    verified: bool,
     accounts: Option<(Targets, Vec<ServiceAccount>)>,
+    fence: Option<Fence>,
+}
+
+fn verified(world: World) -> World {
+    World {
+        verified: true,
+        ..world
+    }
 }
 
 fn context(world: World) -> (Context, ApiServer) {
@@ -61,7 +73,19 @@ fn context(world: World) -> (Context, ApiServer) {
     // A receiver still borrows the last value after its sender is gone.
     let (_, desired) = watch::channel(world.desired);
     let secrets = SecretCache::default();
+    // As the start-up sweep (`verify_all`) leaves it: each of our Secrets' versions verified.
+    let mut written = HashMap::new();
     for secret in world.secrets {
+        if world.verified && ours(&secret.metadata, None) {
+            written.insert(
+                secret.metadata.namespace.clone().unwrap(),
+                Written {
+                    resource_version: secret.metadata.resource_version.clone().unwrap(),
+                    uid: secret.metadata.uid.clone(),
+                    config: None,
+                },
+            );
+        }
         secrets.apply_watcher_event(&watcher::Event::Apply(secret));
     }
     secrets.mark_ready();
@@ -87,7 +111,8 @@ fn context(world: World) -> (Context, ApiServer) {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
         }),
-        written: Arc::new(Mutex::new(HashMap::new())),
+        written: Arc::new(Mutex::new(written)),
+        fence: world.fence.unwrap_or_else(Fence::open),
         events: Events::new(client, Some("test".into())),
         metrics: Arc::new(Metrics::new()),
         caches_ready: watch::channel(true).1,
@@ -117,6 +142,17 @@ fn cached_secret(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
+    // Our label is ours when our field manager set it (server-side apply records that).
+    let managed_fields = labels.iter().any(|(k, _)| *k == MANAGED_LABEL).then(|| {
+        vec![ManagedFieldsEntry {
+            manager: Some("ecr-pull-secrets".into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(
+                json!({"f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}}}),
+            )),
+            ..ManagedFieldsEntry::default()
+        }]
+    });
     PartialObjectMeta {
         types: None,
         metadata: ObjectMeta {
@@ -126,6 +162,7 @@ fn cached_secret(
             resource_version: Some("7".into()),
             labels: Some(map(labels)),
             annotations: Some(map(annotations)),
+            managed_fields,
             ..ObjectMeta::default()
         },
         _phantom: Default::default(),
@@ -248,14 +285,14 @@ async fn a_foreign_secret_is_left_alone_and_reported_once() {
 #[tokio::test]
 async fn an_unchanged_secret_costs_no_request() {
     let desired = rendered();
-    let (ctx, server) = context(World {
+    let (ctx, server) = context(verified(World {
         desired: Some(desired.clone()),
         secrets: vec![cached_secret(
             &[(MANAGED_LABEL, MANAGED_VALUE)],
             &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
         )],
         ..World::default()
-    });
+    }));
     assert_eq!(
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
         Outcome::UpToDate
@@ -270,17 +307,22 @@ async fn data_edited_by_another_field_manager_is_restored() {
         &[(MANAGED_LABEL, MANAGED_VALUE)],
         &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
     );
-    edited.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
-        manager: Some("kubectl-edit".into()),
-        operation: Some("Update".into()),
-        fields_v1: Some(FieldsV1(json!({"f:data": {"f:.dockerconfigjson": {}}}))),
-        ..ManagedFieldsEntry::default()
-    }]);
-    let (ctx, mut server) = context(World {
+    edited
+        .metadata
+        .managed_fields
+        .as_mut()
+        .unwrap()
+        .push(ManagedFieldsEntry {
+            manager: Some("kubectl-edit".into()),
+            operation: Some("Update".into()),
+            fields_v1: Some(FieldsV1(json!({"f:data": {"f:.dockerconfigjson": {}}}))),
+            ..ManagedFieldsEntry::default()
+        });
+    let (ctx, mut server) = context(verified(World {
         desired: Some(desired),
         secrets: vec![edited],
         ..World::default()
-    });
+    }));
     let api = tokio::spawn(async move {
         let (request, send) = server.next_request().await.expect("a restoring apply");
         assert_eq!(request.method(), "PATCH");
@@ -395,7 +437,7 @@ fn service_account(name: &str, rv: &str, pull_secrets: &[&str]) -> ServiceAccoun
 #[tokio::test]
 async fn service_account_patch_keeps_other_entries_and_retries_on_conflict() {
     let desired = rendered();
-    let (ctx, mut server) = context(World {
+    let (ctx, mut server) = context(verified(World {
         desired: Some(desired.clone()),
         secrets: vec![cached_secret(
             &[(MANAGED_LABEL, MANAGED_VALUE)],
@@ -409,7 +451,7 @@ async fn service_account_patch_keeps_other_entries_and_retries_on_conflict() {
             ],
         )),
         ..World::default()
-    });
+    }));
     let api = tokio::spawn(async move {
         // First try, from the cache: someone else wrote in between.
         let (request, send) = server.next_request().await.expect("a patch");
@@ -498,4 +540,177 @@ async fn api_errors_carry_context() {
             .contains("write Secret team-a/ecr-pull-secret"),
         "{err}"
     );
+}
+
+/// The full Secret as the API server returns it, with `config` as its data.
+fn full_secret(fingerprint: &str, config: &[u8], resource_version: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": "ecr-pull-secret", "namespace": "team-a", "uid": "secret-uid",
+            "resourceVersion": resource_version,
+            "labels": {MANAGED_LABEL: MANAGED_VALUE},
+            "annotations": {FINGERPRINT_ANNOTATION: fingerprint},
+        },
+        "data": {".dockerconfigjson": STANDARD.encode(config)},
+    })
+}
+
+#[tokio::test]
+async fn a_version_we_neither_wrote_nor_verified_is_read_before_it_is_trusted() {
+    let desired = rendered();
+    let ours = || {
+        cached_secret(
+            &[(MANAGED_LABEL, MANAGED_VALUE)],
+            &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
+        )
+    };
+    // Intact: one read, then trusted without another.
+    let (ctx, mut server) = context(World {
+        desired: Some(desired.clone()),
+        secrets: vec![ours()],
+        ..World::default()
+    });
+    let answer = full_secret(&desired.fingerprint, &desired.config, "7");
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("a read");
+        assert_eq!(request.method(), "GET");
+        send.send_response(json_response(200, answer));
+        server
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+            Outcome::UpToDate
+        );
+    }
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
+
+    // Forged: our label, our field manager and our fingerprint copied onto other data (a
+    // Secret deleted and recreated by someone who may create Secrets there): restored.
+    let (ctx, mut server) = context(World {
+        desired: Some(desired.clone()),
+        secrets: vec![ours()],
+        ..World::default()
+    });
+    let forged = full_secret(&desired.fingerprint, br#"{"auths":{}}"#, "7");
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("a read");
+        assert_eq!(request.method(), "GET");
+        send.send_response(json_response(200, forged));
+        let (request, send) = server.next_request().await.expect("a restoring apply");
+        assert_eq!(request.method(), "PATCH");
+        let body = body_of(request).await;
+        send.send_response(json_response(200, body));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Written
+    );
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn our_label_set_by_someone_else_does_not_make_a_secret_ours() {
+    let desired = rendered();
+    let mut copied = cached_secret(
+        &[(MANAGED_LABEL, MANAGED_VALUE)],
+        &[(FINGERPRINT_ANNOTATION, &desired.fingerprint)],
+    );
+    copied.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-create".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(
+            json!({"f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}}}),
+        )),
+        ..ManagedFieldsEntry::default()
+    }]);
+    // Selected: a conflict (one Event), never overwritten.
+    let (ctx, mut server) = context(verified(World {
+        desired: Some(desired.clone()),
+        secrets: vec![copied.clone()],
+        ..World::default()
+    }));
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("an Event");
+        assert_eq!(request.method(), "POST");
+        let body = body_of(request).await;
+        assert_eq!(body["reason"], "SecretConflict");
+        send.send_response(json_response(201, body));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Conflict
+    );
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
+    // Opted out or excluded: never deleted.
+    let (ctx, server) = context(World {
+        selection: Selection::new(&[], &["team-a".to_string()], None).unwrap(),
+        desired: Some(desired),
+        secrets: vec![copied],
+        ..World::default()
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::NotSelected
+    );
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn a_closed_fence_sends_no_write() {
+    // Never renewed (or renewed longer ago than the renew deadline): closed.
+    let (ctx, server) = context(World {
+        desired: Some(rendered()),
+        fence: Some(Fence::new(Duration::from_secs(10))),
+        ..World::default()
+    });
+    let err = ctx
+        .reconcile_namespace(&namespace("team-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "lost_leadership", "{err}");
+    assert_no_more_requests(ctx, server).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_written_and_reported_as_expired() {
+    let fetched = SystemTime::now() - Duration::from_secs(7200);
+    let token = Token::private(
+        "eu-west-1",
+        &STANDARD.encode("AWS:pw"),
+        "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+        fetched,
+        fetched + Duration::from_secs(3600),
+    )
+    .unwrap();
+    let expired =
+        Arc::new(render(&BTreeMap::from([("eu-west-1".to_string(), token)]), &[]).unwrap());
+    let (ctx, mut server) = context(World {
+        desired: Some(expired),
+        ..World::default()
+    });
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("an apply");
+        assert_eq!(request.method(), "PATCH");
+        let body = body_of(request).await;
+        send.send_response(json_response(200, body));
+        let (request, send) = server.next_request().await.expect("an Event");
+        let body = body_of(request).await;
+        assert_eq!(body["reason"], "TokenExpired");
+        assert_eq!(body["type"], "Warning");
+        send.send_response(json_response(201, body));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::Expired
+    );
+    let server = api.await.unwrap();
+    assert_no_more_requests(ctx, server).await;
 }

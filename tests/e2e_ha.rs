@@ -522,3 +522,114 @@ async fn readyz_fails_after_sigterm() {
         replica.process.log_text()
     );
 }
+
+/// A leader paused (SIGSTOP) past its lease while writes were due, then resumed after another
+/// replica took over and rewrote every namespace: on resume its watches deliver the new
+/// leader's writes, which it would "restore" with its own older token. The fence checked
+/// before every write stops them: zero versions with the old token after the takeover.
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("pause");
+    let namespaces: Vec<String> = (0..30).map(|i| format!("{p}-{i}")).collect();
+    for ns in &namespaces {
+        create_namespace(&client, ns).await;
+    }
+    let secret = format!("pull-{p}");
+    let lease = format!("lease-{p}");
+    let recorder = Recorder::start(&client, &secret);
+    let mut replicas = start_replicas(&env, &p, &secret, &lease, 1).await;
+    let mut paused = replicas.remove(0);
+    eventually("the first leader", Duration::from_secs(30), || async {
+        holder(&client, &lease)
+            .await
+            .filter(|h| *h == paused.identity)
+    })
+    .await;
+    let old_tokens = eventually(
+        "every namespace holding the first leader's token",
+        Duration::from_secs(30),
+        || async {
+            let mut tokens = std::collections::BTreeSet::new();
+            for ns in &namespaces {
+                tokens.insert(decode(&get_secret(&client, ns, &secret).await?).password);
+            }
+            Some(tokens)
+        },
+    )
+    .await;
+    let follower = vec![
+        Replica::start(
+            &env,
+            &format!("{p}-b"),
+            &[
+                "--secret-name",
+                &secret,
+                "--target-namespaces",
+                &format!("{p}-*"),
+                "--lease-name",
+                &lease,
+            ],
+            &[],
+        )
+        .await,
+    ];
+    paused.process.signal("STOP");
+    eventually(
+        "the follower taking over (after the 15 s lease)",
+        Duration::from_secs(40),
+        || async {
+            holder(&client, &lease)
+                .await
+                .filter(|h| *h == follower[0].identity)
+        },
+    )
+    .await;
+    eventually(
+        "every namespace holding the new leader's token",
+        Duration::from_secs(30),
+        || async {
+            for ns in &namespaces {
+                let now = decode(&get_secret(&client, ns, &secret).await?).password;
+                if old_tokens.contains(&now) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let taken_over = SystemTime::now();
+    paused.process.signal("CONT");
+    // On resume it finds the lease taken, steps down and exits non-zero.
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = paused.process.wait_exit(Duration::from_secs(30));
+        (code, paused)
+    });
+    let (code, paused) = exit.await.unwrap();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the resumed leader exits non-zero: {code:?}"
+    );
+    let stale: Vec<String> = recorder
+        .snapshot()
+        .into_iter()
+        .filter(|o| o.at > taken_over && old_tokens.contains(&o.secret.password))
+        .map(|o| o.namespace)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} writes with the old leader's token after the takeover: {stale:?}",
+        stale.len()
+    );
+    drop(paused);
+    for ns in &namespaces {
+        assert!(
+            !old_tokens
+                .contains(&decode(&get_secret(&client, ns, &secret).await.unwrap()).password)
+        );
+    }
+    drop(follower);
+    delete_namespaces(&client, &namespaces).await;
+}

@@ -229,6 +229,13 @@ impl Controller {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            signal(child.id(), sig);
+        }
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
