@@ -323,7 +323,8 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
 
 /// EcrPullSecret resources under the shipped RBAC: the CRD rules are enough to add and remove
 /// the finalizer and write the status; a resource whose secretName the ClusterRole does not
-/// name says so in its status.
+/// name says so in its status, and so does one whose secretName the ClusterRole names but the
+/// admission policy does not.
 #[tokio::test]
 async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() {
     use ecr_pull_secrets::crd::EcrPullSecret;
@@ -345,9 +346,21 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     let api: Api<EcrPullSecret> = Api::all(admin.clone());
     let (allowed, denied) = (format!("{p}-allowed"), format!("{p}-denied"));
     let denied_secret = format!("not-in-the-role-{p}");
+    let (unlisted, unlisted_secret) = (format!("{p}-unlisted"), format!("not-in-the-policy-{p}"));
+    // Half an extension: the name added to the ClusterRole only (restored below).
+    kubectl(&[
+        "patch",
+        "clusterrole",
+        "ecr-pull-secrets",
+        "--type=json",
+        "-p",
+        &json!([{"op": "add", "path": "/rules/2/resourceNames/-", "value": unlisted_secret}])
+            .to_string(),
+    ]);
     for (name, secret) in [
         (&allowed, "ecr-pull-secret"),
         (&denied, denied_secret.as_str()),
+        (&unlisted, unlisted_secret.as_str()),
     ] {
         let resource = ecr_pull_secret(
             name,
@@ -384,12 +397,31 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     assert_eq!(reason, "Forbidden", "{message}");
     assert!(message.contains("resourceNames"), "{message}");
     assert!(get_secret(&admin, &ns, &denied_secret).await.is_none());
+    // RBAC lets the unlisted name through (once the authorizer has seen the patch), the policy
+    // does not, and its fix reaches the status.
+    let (_, reason, message) = eventually(
+        "the resource the policy does not name Degraded with the policy's message",
+        Duration::from_secs(30),
+        || async {
+            resource_condition(&api.get(&unlisted).await.ok()?, "Degraded")
+                .filter(|c| c.0 == "True" && c.2.contains("ValidatingAdmissionPolicy"))
+        },
+    )
+    .await;
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(
+        message.contains(&format!(
+            "may write only Secrets named ecr-pull-secret, not Secret {ns}/{unlisted_secret}"
+        )) && message.contains("add it to the names variable"),
+        "{message}"
+    );
+    assert!(get_secret(&admin, &ns, &unlisted_secret).await.is_none());
 
     // Deletion under the shipped RBAC: the finalizer is removed after the secret is.
-    for name in [&allowed, &denied] {
+    for name in [&allowed, &denied, &unlisted] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    for name in [&allowed, &denied] {
+    for name in [&allowed, &denied, &unlisted] {
         eventually(&format!("{name} gone"), Duration::from_secs(30), || async {
             api.get_opt(name).await.unwrap().is_none().then_some(())
         })
@@ -397,6 +429,13 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     }
     assert!(get_secret(&admin, &ns, "ecr-pull-secret").await.is_none());
     drop(controller);
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        repo().join("deploy/common.yaml").to_str().unwrap(),
+    ]);
     delete_namespaces(&admin, &[ns]).await;
 }
 
