@@ -1,6 +1,7 @@
 //! Checks of the shipped files that need no cluster: the CRD in deploy/crd/ (and the Helm
 //! chart's copy) is the one the types generate, the examples in deploy/examples/ make valid
-//! configurations and their README names the Secrets each needs, the PrometheusRule carries
+//! configurations and their README names the Secrets each needs, the admission policy allows
+//! the names the ClusterRole grants to the ServiceAccount it binds, the PrometheusRule carries
 //! the plain rules file unchanged, and every metric the alerts and the Grafana dashboard query
 //! is one the controller exports.
 
@@ -299,6 +300,12 @@ fn examples_readme_names_the_secrets_each_example_needs() {
             line("  secretNames: [").contains(secret.as_str()),
             "{file}: the README's Helm values do not list {secret}"
         );
+        // ... and the admission policy's names (kustomize), which the Helm values feed too.
+        assert!(
+            line("      - { op: replace, path: /spec/variables/0/expression, value: ")
+                .contains(&format!("'{secret}'")),
+            "{file}: the README's kustomize patch does not add {secret} to the admission policy"
+        );
         if let Some(credentials) = &credentials {
             assert!(
                 readme.contains(&format!(
@@ -346,6 +353,88 @@ fn documented_patch_paths_point_at_the_secret_rules() {
         assert!(
             text.contains("/rules/2/resourceNames/-") && text.contains("/rules/0/resourceNames/-"),
             "{doc}"
+        );
+    }
+}
+
+/// The documents of a multi-document YAML file of the repository.
+fn documents(path: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(&read(path))
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+/// A CEL list of string literals (`['a', 'b']`) as its strings.
+fn cel_strings(list: &str) -> Vec<String> {
+    let inner = list
+        .trim()
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{list:?} is not a CEL list"));
+    inner
+        .split(',')
+        .map(|item| item.trim().trim_matches(['\'', '"']).to_string())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+#[test]
+fn admission_policy_allows_the_cluster_roles_names_to_the_bound_service_account() {
+    let common = documents("deploy/common.yaml");
+    let policy_file = documents("deploy/admission-policy.yaml");
+    let of_kind = |docs: &[Value], kind: &str| -> Value {
+        docs.iter()
+            .find(|o| o["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let policy = of_kind(&policy_file, "ValidatingAdmissionPolicy");
+    let binding = of_kind(&policy_file, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    // variables[0] is the names list: docs/install.md and deploy/examples/README.md patch it
+    // by that path.
+    let names = &policy["spec"]["variables"][0];
+    assert_eq!(
+        names["name"], "names",
+        "variables[0] is no longer the names list: fix the patch paths in docs/install.md and \
+         deploy/examples/README.md"
+    );
+    let role = of_kind(&common, "ClusterRole");
+    let role_names: Vec<String> = role["rules"][2]["resourceNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cel_strings(names["expression"].as_str().unwrap()),
+        role_names,
+        "deploy/admission-policy.yaml's names must equal the ClusterRole's Secret resourceNames \
+         in deploy/common.yaml"
+    );
+    let subject = &of_kind(&common, "ClusterRoleBinding")["subjects"][0];
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        format!(
+            "request.userInfo.username == 'system:serviceaccount:{}:{}'",
+            subject["namespace"].as_str().unwrap(),
+            subject["name"].as_str().unwrap()
+        ),
+        "the policy must match the ServiceAccount the ClusterRole is bound to"
+    );
+    let kustomization = read("deploy/kustomization.yaml");
+    assert!(
+        kustomization.contains("  - admission-policy.yaml\n"),
+        "the kustomize base must install the admission policy"
+    );
+    for doc in ["docs/install.md", "deploy/examples/README.md"] {
+        assert!(
+            read(doc).contains("path: /spec/variables/0/expression"),
+            "{doc} should show how to extend the admission policy's names"
         );
     }
 }

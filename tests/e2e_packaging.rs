@@ -2,8 +2,9 @@
 //! rendering (kustomize base with the monitoring component, Helm with default values, with its
 //! CRD, with resources off and with every option set) passes the API server's validation, the
 //! chart exposes every flag, the rendered ClusterRoles and Roles grant exactly the least set
-//! documented in docs/security.md, and every example in deploy/examples/ is accepted by the
-//! installed EcrPullSecret CRD.
+//! documented in docs/security.md, each rendering's admission policy allows exactly the Secret
+//! names its ClusterRole grants, to exactly its ServiceAccount, and every example in
+//! deploy/examples/ is accepted by the installed EcrPullSecret CRD.
 //! Run through `tests/testenv.sh run -- cargo test --test e2e_packaging -- --test-threads=1`.
 
 mod support;
@@ -257,8 +258,112 @@ fn documented(names: &Names) -> BTreeSet<Grant> {
     grants
 }
 
+/// A CEL list of string literals (`['a', 'b']` or `["a","b"]`) as its strings.
+fn cel_strings(list: &str) -> BTreeSet<String> {
+    let inner = list
+        .trim()
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{list:?} is not a CEL list"));
+    inner
+        .split(',')
+        .map(|item| item.trim().trim_matches(['\'', '"']).to_string())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+/// What a policy enforces, without what is configured (names, adoption, the ServiceAccount) and
+/// the messages (their fix names the kustomize overlay or the Helm value).
+fn policy_rules(policy: &Value) -> Value {
+    let spec = &policy["spec"];
+    let variables: Vec<&Value> = spec["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] != "names" && v["name"] != "adoption")
+        .collect();
+    let validations: Vec<&Value> = spec["validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["expression"])
+        .collect();
+    serde_json::json!({
+        "failurePolicy": spec["failurePolicy"],
+        "matchConstraints": spec["matchConstraints"],
+        "variables": variables,
+        "validations": validations,
+    })
+}
+
+/// The admission policy of a rendering agrees with its RBAC: it allows exactly the Secret names
+/// the ClusterRole grants by name, it matches exactly the ServiceAccount the ClusterRoleBinding
+/// binds, its binding denies, and it enforces the same rules as deploy/admission-policy.yaml.
+fn assert_policy_matches_rbac(what: &str, objects: &[Value]) {
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { objects.iter().filter(|o| o["kind"] == kind).collect() };
+    let [policy] = of_kind("ValidatingAdmissionPolicy")[..] else {
+        panic!("{what}: expected one ValidatingAdmissionPolicy");
+    };
+    let [binding] = of_kind("ValidatingAdmissionPolicyBinding")[..] else {
+        panic!("{what}: expected one ValidatingAdmissionPolicyBinding");
+    };
+    assert_eq!(
+        binding["spec"]["policyName"], policy["metadata"]["name"],
+        "{what}: the binding binds the policy"
+    );
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"]),
+        "{what}"
+    );
+    let names = policy["spec"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "names")
+        .and_then(|v| v["expression"].as_str())
+        .unwrap_or_else(|| panic!("{what}: the policy has no names variable"));
+    let by_name: BTreeSet<String> = granted(objects)
+        .into_iter()
+        .filter(|(scope, group, resource, name, _)| {
+            scope == "cluster" && group.is_empty() && resource == "secrets" && !name.is_empty()
+        })
+        .map(|grant| grant.3)
+        .collect();
+    assert_eq!(
+        cel_strings(names),
+        by_name,
+        "{what}: the admission policy's names must equal the ClusterRole's Secret resourceNames"
+    );
+    let [role_binding] = of_kind("ClusterRoleBinding")[..] else {
+        panic!("{what}: expected one ClusterRoleBinding");
+    };
+    let subject = &role_binding["subjects"][0];
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        format!(
+            "request.userInfo.username == 'system:serviceaccount:{}:{}'",
+            subject["namespace"].as_str().unwrap(),
+            subject["name"].as_str().unwrap()
+        ),
+        "{what}: the policy matches the bound ServiceAccount"
+    );
+    // The file's first document is the policy, the second its binding.
+    let text = std::fs::read_to_string(repo().join("deploy/admission-policy.yaml")).unwrap();
+    let first = serde_yaml_ng::Deserializer::from_str(&text).next().unwrap();
+    let base: Value = serde::Deserialize::deserialize(first).unwrap();
+    assert_eq!(
+        policy_rules(policy),
+        policy_rules(&base),
+        "{what}: the policy's rules differ from deploy/admission-policy.yaml"
+    );
+}
+
 fn assert_least(what: &str, manifests: &str, names: &Names) {
-    let granted = granted(&objects(manifests));
+    let objects = objects(manifests);
+    assert_policy_matches_rbac(what, &objects);
+    let granted = granted(&objects);
     let documented = documented(names);
     let extra: Vec<_> = granted.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&granted).collect();
@@ -297,13 +402,43 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
         "Service",
         "PrometheusRule",
         "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(kustomized.contains(&format!("kind: {kind}\n")), "{kind}");
     }
 
     ensure_namespace("helm-default");
     let default = helm_template("helm-default", None);
-    dry_run_apply(&default);
+    let applied = dry_run_apply(&default);
+    for object in [
+        "validatingadmissionpolicy.admissionregistration.k8s.io/ecr-pull-secrets",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/ecr-pull-secrets",
+    ] {
+        assert!(
+            applied.contains(object),
+            "on by default: {object} not in:\n{applied}"
+        );
+    }
+    // admissionPolicy.enabled=false leaves it out.
+    let no_policy = run(
+        "helm",
+        &[
+            "template",
+            "ecr-pull-secrets",
+            &chart(),
+            "-n",
+            "helm-default",
+            "--set",
+            "admissionPolicy.enabled=false",
+        ],
+        None,
+    );
+    dry_run_apply(&no_policy);
+    assert!(
+        !no_policy.contains("ValidatingAdmissionPolicy"),
+        "{no_policy}"
+    );
     assert!(
         default.contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"true\"\n"),
         "resources are served by default"
@@ -354,11 +489,22 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
         "prometheusrule.monitoring.coreos.com/ecr-pull-secrets-all",
         "secret/ecr-pull-secrets-all-aws",
         "poddisruptionbudget.policy/ecr-pull-secrets-all",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/ecr-pull-secrets-all",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/ecr-pull-secrets-all",
     ] {
         assert!(applied.contains(kind), "{kind} not in:\n{applied}");
     }
-    // The window value reaches the rule.
+    // The window value reaches the rule; allowAdoption reaches the policy.
     let words = all.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("- name: adoption expression: \"true\""),
+        "{all}"
+    );
+    let default_words = default.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        default_words.contains("- name: adoption expression: \"false\""),
+        "{default}"
+    );
     assert!(
         words.contains("- time() < 7200"),
         "the window reaches the rule"

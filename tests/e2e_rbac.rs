@@ -1,12 +1,15 @@
 //! End to end: the shipped manifests apply, and the controller bound only by the shipped RBAC
-//! (a token of the shipped ServiceAccount) does its job while it cannot touch any other Secret.
+//! and admission policy (a token of the shipped ServiceAccount) does its job while it cannot
+//! touch any other Secret, nor create one the controller would not write.
 //! Run through `tests/testenv.sh run -- cargo test --test e2e_rbac -- --test-threads=1`.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, Secret, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::*;
@@ -16,6 +19,105 @@ fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
         Err(kube::Error::Api(status)) if status.code == 403 => {}
         other => panic!("{what}: expected 403, got {other:?}"),
     }
+}
+
+/// A 403 from the admission policy (not from RBAC) whose message contains `says`.
+fn refused_by_policy<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str, says: &str) {
+    match result {
+        Err(kube::Error::Api(status))
+            if status.code == 403
+                && status.message.contains("ValidatingAdmissionPolicy")
+                && status.message.contains(says) => {}
+        other => {
+            panic!("{what}: expected the admission policy's 403 saying {says:?}, got {other:?}")
+        }
+    }
+}
+
+const DOCKER_CONFIG: &str = "kubernetes.io/dockerconfigjson";
+
+/// A Secret `name` of `type_`, with our managed-by label when `ours`, and `annotations`.
+fn secret(name: &str, type_: &str, ours: bool, annotations: &[(&str, &str)]) -> Secret {
+    let labels = ours.then(|| {
+        BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "ecr-pull-secrets".to_string(),
+        )])
+    });
+    let data = match type_ {
+        DOCKER_CONFIG => BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            k8s_openapi::ByteString(br#"{"auths":{}}"#.to_vec()),
+        )]),
+        _ => BTreeMap::new(),
+    };
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels,
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Applies the shipped identity (deploy/common.yaml: namespace, ServiceAccount, roles) and the
+/// shipped admission policy, and returns a client with a token of that ServiceAccount once the
+/// policy is in force: a new policy reaches the admission plugin a moment after it is stored, so
+/// this polls until a request only the policy forbids is refused.
+async fn shipped_identity(env: &TestEnv) -> Client {
+    let deploy = repo().join("deploy");
+    for file in ["common.yaml", "admission-policy.yaml"] {
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            deploy.join(file).to_str().unwrap(),
+        ]);
+    }
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
+    let sa = client_from(&kubeconfig).await;
+    wait_for_policy(&sa, true).await;
+    sa
+}
+
+/// Polls until the policy is (`true`) or is no longer (`false`) in force for `sa`: a dry-run
+/// create of an Opaque Secret with our name and label, which RBAC allows and only the policy
+/// refuses.
+async fn wait_for_policy(sa: &Client, in_force: bool) {
+    let api: Api<Secret> = Api::namespaced(sa.clone(), "ecr-pull-secrets");
+    let probe = secret("ecr-pull-secret", "Opaque", true, &[]);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let what = if in_force {
+        "the admission policy in force"
+    } else {
+        "the admission policy out of force"
+    };
+    eventually(what, Duration::from_secs(30), || async {
+        match api.create(&dry_run, &probe).await {
+            // Admission comes before storage: a 409 (a Secret of that name exists there) means
+            // nothing refused it.
+            Ok(_) => (!in_force).then_some(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => (!in_force).then_some(()),
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("dockerconfigjson") => {
+                in_force.then_some(())
+            }
+            Err(other) => panic!("probing the admission policy: {other:?}"),
+        }
+    })
+    .await;
 }
 
 /// The controller running as the shipped ServiceAccount, with the shipped namespace, Lease and
@@ -50,14 +152,9 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let Some(env) = testenv() else { return };
     let admin = client().await;
     let deploy = repo().join("deploy");
-    // The real namespace and RBAC; then every manifest of the base passes the API server's
-    // validation (a server-side dry run needs the namespace to exist).
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        deploy.join("common.yaml").to_str().unwrap(),
-    ]);
+    // The real namespace, RBAC and admission policy; then every manifest of the base passes the
+    // API server's validation (a server-side dry run needs the namespace to exist).
+    shipped_identity(&env).await;
     kubectl(&[
         "apply",
         "--server-side",
@@ -132,6 +229,51 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         || async { get_secret(&admin, &a, "ecr-pull-secret").await },
     )
     .await;
+    // Edited data is repaired (an update under the policy) ...
+    api.patch(
+        "ecr-pull-secret",
+        &PatchParams::apply("someone-else").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "ecr-pull-secret"},
+            "data": {".dockerconfigjson": "e30="},
+        })),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the edited secret repaired",
+        Duration::from_secs(10),
+        || async {
+            let s = get_secret(&admin, &a, "ecr-pull-secret").await?;
+            let config = &s.data.as_ref()?.get(".dockerconfigjson")?.0;
+            (config.as_slice() != b"{}").then(|| decode(&s))
+        },
+    )
+    .await;
+    // ... and a namespace that leaves the selection loses its Secret (a delete under the policy).
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces
+        .patch(
+            &b,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": "true"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the deselected namespace's secret removed",
+        Duration::from_secs(10),
+        || async {
+            get_secret(&admin, &b, "ecr-pull-secret")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         !controller.log_text().contains("forbidden"),
         "{}",
@@ -181,21 +323,15 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
 
 /// EcrPullSecret resources under the shipped RBAC: the CRD rules are enough to add and remove
 /// the finalizer and write the status; a resource whose secretName the ClusterRole does not
-/// name says so in its status.
+/// name says so in its status, and so does one whose secretName the ClusterRole names but the
+/// admission policy does not.
 #[tokio::test]
 async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() {
     use ecr_pull_secrets::crd::EcrPullSecret;
     let Some(env) = testenv() else { return };
     let admin = client().await;
-    let deploy = repo().join("deploy");
     install_crd();
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        deploy.join("common.yaml").to_str().unwrap(),
-    ]);
+    shipped_identity(&env).await;
     put_credentials(
         &admin,
         "ecr-pull-secrets",
@@ -210,9 +346,21 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     let api: Api<EcrPullSecret> = Api::all(admin.clone());
     let (allowed, denied) = (format!("{p}-allowed"), format!("{p}-denied"));
     let denied_secret = format!("not-in-the-role-{p}");
+    let (unlisted, unlisted_secret) = (format!("{p}-unlisted"), format!("not-in-the-policy-{p}"));
+    // Half an extension: the name added to the ClusterRole only (restored below).
+    kubectl(&[
+        "patch",
+        "clusterrole",
+        "ecr-pull-secrets",
+        "--type=json",
+        "-p",
+        &json!([{"op": "add", "path": "/rules/2/resourceNames/-", "value": unlisted_secret}])
+            .to_string(),
+    ]);
     for (name, secret) in [
         (&allowed, "ecr-pull-secret"),
         (&denied, denied_secret.as_str()),
+        (&unlisted, unlisted_secret.as_str()),
     ] {
         let resource = ecr_pull_secret(
             name,
@@ -249,12 +397,31 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     assert_eq!(reason, "Forbidden", "{message}");
     assert!(message.contains("resourceNames"), "{message}");
     assert!(get_secret(&admin, &ns, &denied_secret).await.is_none());
+    // RBAC lets the unlisted name through (once the authorizer has seen the patch), the policy
+    // does not, and its fix reaches the status.
+    let (_, reason, message) = eventually(
+        "the resource the policy does not name Degraded with the policy's message",
+        Duration::from_secs(30),
+        || async {
+            resource_condition(&api.get(&unlisted).await.ok()?, "Degraded")
+                .filter(|c| c.0 == "True" && c.2.contains("ValidatingAdmissionPolicy"))
+        },
+    )
+    .await;
+    assert_eq!(reason, "Forbidden", "{message}");
+    assert!(
+        message.contains(&format!(
+            "may write only Secrets named ecr-pull-secret, not Secret {ns}/{unlisted_secret}"
+        )) && message.contains("add it to the names variable"),
+        "{message}"
+    );
+    assert!(get_secret(&admin, &ns, &unlisted_secret).await.is_none());
 
     // Deletion under the shipped RBAC: the finalizer is removed after the secret is.
-    for name in [&allowed, &denied] {
+    for name in [&allowed, &denied, &unlisted] {
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    for name in [&allowed, &denied] {
+    for name in [&allowed, &denied, &unlisted] {
         eventually(&format!("{name} gone"), Duration::from_secs(30), || async {
             api.get_opt(name).await.unwrap().is_none().then_some(())
         })
@@ -262,5 +429,228 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
     }
     assert!(get_secret(&admin, &ns, "ecr-pull-secret").await.is_none());
     drop(controller);
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        repo().join("deploy/common.yaml").to_str().unwrap(),
+    ]);
     delete_namespaces(&admin, &[ns]).await;
+}
+
+/// What RBAC cannot refuse and the shipped admission policy does, for a token of the shipped
+/// ServiceAccount: minting a service-account token through a token Secret, a Secret with
+/// another name, type or without our label, and changing or deleting a same-named Secret that is
+/// not ours. What the controller itself does still passes.
+#[tokio::test]
+async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work() {
+    let Some(env) = testenv() else { return };
+    let admin = client().await;
+    let sa = shipped_identity(&env).await;
+    let p = unique("vap");
+    let ns = format!("{p}-a");
+    create_namespace(&admin, &ns).await;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let token_secret = secret(
+        "ecr-pull-secret",
+        "kubernetes.io/service-account-token",
+        true,
+        &[("kubernetes.io/service-account.name", "default")],
+    );
+
+    // Without the binding, RBAC alone lets the ServiceAccount ask for a token Secret in
+    // kube-system (a dry run: nothing is stored, and no token is ever issued).
+    kubectl(&[
+        "delete",
+        "validatingadmissionpolicybinding",
+        "ecr-pull-secrets",
+    ]);
+    wait_for_policy(&sa, false).await;
+    let system: Api<Secret> = Api::namespaced(sa.clone(), "kube-system");
+    system
+        .create(&dry_run, &token_secret)
+        .await
+        .expect("RBAC alone allows creating a token Secret");
+    // The shipped binding back: refused.
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        repo()
+            .join("deploy/admission-policy.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    wait_for_policy(&sa, true).await;
+    for namespace in ["kube-system", ns.as_str()] {
+        let api: Api<Secret> = Api::namespaced(sa.clone(), namespace);
+        refused_by_policy(
+            api.create(&PostParams::default(), &token_secret).await,
+            &format!("a service-account-token Secret in {namespace}"),
+            "may write only Secrets of type kubernetes.io/dockerconfigjson, not kubernetes.io/service-account-token",
+        );
+        assert!(
+            get_secret(&admin, namespace, "ecr-pull-secret")
+                .await
+                .is_none()
+        );
+    }
+
+    let theirs: Api<Secret> = Api::namespaced(sa.clone(), &ns);
+    let foreign_name = format!("not-ours-{p}");
+    refused_by_policy(
+        theirs
+            .create(
+                &PostParams::default(),
+                &secret(&foreign_name, DOCKER_CONFIG, true, &[]),
+            )
+            .await,
+        "a Secret with another name",
+        &format!(
+            "may write only Secrets named ecr-pull-secret, not Secret {ns}/{foreign_name}: to serve another name"
+        ),
+    );
+    refused_by_policy(
+        theirs
+            .create(
+                &PostParams::default(),
+                &secret("ecr-pull-secret", "Opaque", true, &[]),
+            )
+            .await,
+        "an Opaque Secret with our name",
+        "not Opaque",
+    );
+    refused_by_policy(
+        theirs
+            .create(
+                &PostParams::default(),
+                &secret("ecr-pull-secret", DOCKER_CONFIG, false, &[]),
+            )
+            .await,
+        "our Secret without our label",
+        "may write only Secrets labelled app.kubernetes.io/managed-by=ecr-pull-secrets",
+    );
+    assert!(get_secret(&admin, &ns, &foreign_name).await.is_none());
+
+    // A same-named Secret somebody else owns: RBAC allows patch and delete by name, the policy
+    // does not, not even to add our label.
+    let other = format!("{p}-other");
+    create_namespace(&admin, &other).await;
+    // Someone's own pull secret with our name.
+    Api::<Secret>::namespaced(admin.clone(), &other)
+        .create(
+            &PostParams::default(),
+            &secret("ecr-pull-secret", DOCKER_CONFIG, false, &[]),
+        )
+        .await
+        .unwrap();
+    let someone: Api<Secret> = Api::namespaced(sa.clone(), &other);
+    refused_by_policy(
+        someone
+            .delete("ecr-pull-secret", &DeleteParams::default())
+            .await,
+        "deleting a same-named Secret without our label",
+        &format!(
+            "Secret {other}/ecr-pull-secret lacks label app.kubernetes.io/managed-by=ecr-pull-secrets: it is not ours, and ecr-pull-secrets may delete only its own Secrets"
+        ),
+    );
+    refused_by_policy(
+        someone
+            .patch(
+                "ecr-pull-secret",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ecr-pull-secrets"}}})),
+            )
+            .await,
+        "labelling a same-named Secret as ours",
+        "may change only its own Secrets",
+    );
+    let kept = get_secret(&admin, &other, "ecr-pull-secret")
+        .await
+        .expect("the other Secret is still there");
+    assert!(kept.metadata.labels.unwrap_or_default().is_empty());
+
+    // What the controller does passes: create, change and delete its own Secret.
+    let ours = secret("ecr-pull-secret", DOCKER_CONFIG, true, &[]);
+    theirs.create(&PostParams::default(), &ours).await.unwrap();
+    theirs
+        .patch(
+            "ecr-pull-secret",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ecr-pull-secrets.io/expires-at": "x"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // ... but not drop its label.
+    refused_by_policy(
+        theirs
+            .patch(
+                "ecr-pull-secret",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}}),
+                ),
+            )
+            .await,
+        "removing our label",
+        "may write only Secrets labelled",
+    );
+    theirs
+        .delete("ecr-pull-secret", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Adoption allowed (the policy's `adoption` variable, as an overlay would set it): the
+    // same-named dockerconfigjson Secret may now be labelled ours; deleting it needed the label.
+    kubectl(&[
+        "patch",
+        "validatingadmissionpolicy",
+        "ecr-pull-secrets",
+        "--type=json",
+        "-p",
+        r#"[{"op": "test", "path": "/spec/variables/1/name", "value": "adoption"},
+            {"op": "replace", "path": "/spec/variables/1/expression", "value": "true"}]"#,
+    ]);
+    let adopt = Patch::Merge(
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ecr-pull-secrets"}}}),
+    );
+    eventually(
+        "adoption allowed by the policy",
+        Duration::from_secs(30),
+        || async {
+            match someone
+                .patch("ecr-pull-secret", &PatchParams::default(), &adopt)
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("lacks label") => {
+                    None
+                }
+                Err(other) => panic!("adopting: {other:?}"),
+            }
+        },
+    )
+    .await;
+    someone
+        .delete("ecr-pull-secret", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The shipped policy back, for whatever runs next.
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        repo()
+            .join("deploy/admission-policy.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    delete_namespaces(&admin, &[ns, other]).await;
 }
