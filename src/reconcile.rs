@@ -724,13 +724,26 @@ pub async fn reconcile(
             } = &error
                 && status.code == 403
             {
+                // The admission policy refuses with 403 too; its fix is another list.
+                let fix = if status.message.contains("ValidatingAdmissionPolicy") {
+                    format!(
+                        "add {} to the admission policy's names as well as to the RBAC resourceNames \
+                         (Helm: customResources.secretNames; kustomize: deploy/admission-policy.yaml, \
+                         docs/security.md#admission-policy-what-rbac-cannot-limit)",
+                        ctx.secret_name
+                    )
+                } else {
+                    format!(
+                        "grant the controller the rights in docs/security.md (Secret {} must be in the \
+                         secrets resourceNames; ServiceAccounts need get, list, watch, patch)",
+                        ctx.secret_name
+                    )
+                };
                 ctx.metrics.problem(
                     "Forbidden",
                     format!(
-                        "{context} in namespace {namespace} was refused ({}); grant the controller \
-                         the rights in docs/security.md (Secret {} must be in the secrets resourceNames; \
-                         ServiceAccounts need get, list, watch, patch)",
-                        status.message, ctx.secret_name
+                        "{context} in namespace {namespace} was refused ({}); {fix}",
+                        status.message
                     ),
                 );
             }

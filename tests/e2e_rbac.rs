@@ -415,6 +415,8 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
         )) && message.contains("add it to the names variable"),
         "{message}"
     );
+    // The controller's own fix names the policy's list, not only the RBAC.
+    assert!(message.contains("admission policy's names"), "{message}");
     assert!(get_secret(&admin, &ns, &unlisted_secret).await.is_none());
 
     // Deletion under the shipped RBAC: the finalizer is removed after the secret is.
