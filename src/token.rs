@@ -545,8 +545,9 @@ impl RetryRule {
 impl Backoff {
     /// Delay before retry number `attempt` (0-based) after an error of `class`, at `now`, when
     /// the last good token expires at `last_good_expiry` (`None`: there never was one).
-    /// `random` is in `[0, 1)`. Guarantees: `now + delay <= last_good_expiry + urgent_max`, and
-    /// no delay is shorter than half of `initial`.
+    /// `random` is in `[0, 1)`. Guarantees: `now + delay <= max(now, last_good_expiry) +
+    /// urgent_max`; more than `expiry_lead` before expiry, `now + delay <= expiry -
+    /// expiry_lead / 2`; never longer than the plain backoff, nor shorter than `initial / 2`.
     pub fn next_retry(
         &self,
         class: ErrorClass,
