@@ -489,13 +489,22 @@ impl TokenSource for EcrPublicTokenSource {
     }
 }
 
-/// Backoff between failed fetches: exponential with full jitter, about 1 s up to 5 min for
-/// transient errors; configuration errors start slow since a human has to act.
+/// When to retry a failed fetch. Far from expiry: exponential backoff with jitter, 1 s doubling
+/// up to 5 min for transient errors, from 30 s for configuration errors (a human has to act).
+/// The backoff never sleeps through the last good token's expiry: one attempt lands shortly
+/// before it (`expiry_lead`), and from then on, or when there never was a token, the delay is at
+/// most `urgent_max`, so AWS answering again (or a fixed key) is noticed within seconds. One
+/// call every few seconds per identity stays far below ECR's 20 calls/s per account and region.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
     pub configuration_initial: Duration,
+    /// Before expiry, one attempt lands between this long and half this long before it.
+    pub expiry_lead: Duration,
+    /// Ceiling of the delay within `expiry_lead` of expiry, after it, or without a token; the
+    /// delay is a random point in its upper half, like every backoff delay.
+    pub urgent_max: Duration,
 }
 
 impl Default for Backoff {
@@ -504,22 +513,83 @@ impl Default for Backoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
             configuration_initial: Duration::from_secs(30),
+            expiry_lead: Duration::from_secs(5),
+            urgent_max: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Why a retry delay was chosen: the log line says which rule decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRule {
+    /// Plain exponential backoff; the last good token outlives it comfortably.
+    Backoff,
+    /// Shortened so that an attempt lands shortly before the last good token expires.
+    BeforeExpiry,
+    /// Within `expiry_lead` of expiry, or past it: the short ceiling applies.
+    Expiring,
+    /// The last good token has expired: secrets are unusable until a fetch succeeds.
+    Expired,
+    /// No token was ever fetched: nothing has been written yet.
+    NoToken,
+}
+
+impl RetryRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryRule::Backoff => "backoff",
+            RetryRule::BeforeExpiry => "before_expiry",
+            RetryRule::Expiring => "expiring",
+            RetryRule::Expired => "expired",
+            RetryRule::NoToken => "no_token",
         }
     }
 }
 
 impl Backoff {
-    /// Delay before retry number `attempt` (0-based) after an error of `class`.
-    pub fn delay(&self, class: ErrorClass, attempt: u32, random: f64) -> Duration {
+    /// Delay before retry number `attempt` (0-based) after an error of `class`, at `now`, when
+    /// the last good token expires at `last_good_expiry` (`None`: there never was one).
+    /// `random` is in `[0, 1)`. Guarantees: `now + delay <= max(now, last_good_expiry) +
+    /// urgent_max`; more than `expiry_lead` before expiry, `now + delay <= expiry -
+    /// expiry_lead / 2`; never longer than the plain backoff, nor shorter than `initial / 2`.
+    pub fn next_retry(
+        &self,
+        class: ErrorClass,
+        attempt: u32,
+        now: SystemTime,
+        last_good_expiry: Option<SystemTime>,
+        random: f64,
+    ) -> (Duration, RetryRule) {
+        let random = random.clamp(0.0, 1.0);
         let initial = match class {
             ErrorClass::Transient => self.initial,
             ErrorClass::Configuration => self.configuration_initial,
         };
-        Exponential {
+        let backoff = Exponential {
             initial,
             max: self.max,
         }
-        .delay(attempt, random)
+        .delay(attempt, random);
+        let urgent = || backoff.min(self.urgent_max.mul_f64(0.5 + 0.5 * random));
+        let Some(expiry) = last_good_expiry else {
+            return (urgent(), RetryRule::NoToken);
+        };
+        let left = expiry.duration_since(now).unwrap_or_default();
+        if left.is_zero() {
+            return (urgent(), RetryRule::Expired);
+        }
+        if left <= self.expiry_lead {
+            return (urgent(), RetryRule::Expiring);
+        }
+        // Land between `expiry_lead` and half of it before expiry (jittered, so identities
+        // fetched together do not call together), never sooner than the shortest backoff.
+        let lead = self.expiry_lead.mul_f64(1.0 - 0.5 * random);
+        let until_last_chance = (left - lead).max(self.initial / 2);
+        if backoff > until_last_chance {
+            (until_last_chance, RetryRule::BeforeExpiry)
+        } else {
+            (backoff, RetryRule::Backoff)
+        }
     }
 }
 
@@ -532,6 +602,18 @@ pub async fn keep_fresh<S: TokenSource>(
     publish: watch::Sender<BTreeMap<String, Token>>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
+    keep_fresh_by(source, policy, backoff, publish, metrics, SystemTime::now).await
+}
+
+/// [`keep_fresh`] on the clock `now` (tests drive it from tokio's paused time).
+async fn keep_fresh_by<S: TokenSource>(
+    source: S,
+    policy: RefreshPolicy,
+    backoff: Backoff,
+    publish: watch::Sender<BTreeMap<String, Token>>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    now: impl Fn() -> SystemTime,
+) {
     let mut attempt = 0u32;
     loop {
         match source.fetch().await {
@@ -540,9 +622,7 @@ pub async fn keep_fresh<S: TokenSource>(
                 metrics.aws_call(source.identity(), "ok");
                 metrics.token_fetched(source.identity(), token.expires_at);
                 let refresh_at = policy.refresh_at(&token, rand::random());
-                let wait = refresh_at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
+                let wait = refresh_at.duration_since(now()).unwrap_or_default();
                 tracing::info!(
                     identity = source.identity(),
                     registry = token.registry,
@@ -558,25 +638,32 @@ pub async fn keep_fresh<S: TokenSource>(
             Err(err) => {
                 metrics.aws_call(source.identity(), err.class.as_str());
                 metrics.token_fetch_failed(source.identity(), err.class.as_str(), &err.to_string());
-                let delay = backoff.delay(err.class, attempt, rand::random());
-                attempt = attempt.saturating_add(1);
-                let last_expires = publish
+                let last_expiry = publish
                     .borrow()
                     .get(source.identity())
-                    .map(|t| crate::render::rfc3339(t.expires_at));
+                    .map(|t| t.expires_at);
+                let (delay, rule) =
+                    backoff.next_retry(err.class, attempt, now(), last_expiry, rand::random());
+                attempt = attempt.saturating_add(1);
+                let last_expires = last_expiry.map(crate::render::rfc3339);
+                let last_expires = last_expires.as_deref().unwrap_or("none");
+                let retry_in_ms = delay.as_millis() as u64;
+                let retry_rule = rule.as_str();
                 match err.class {
                     ErrorClass::Configuration => tracing::error!(
                         identity = source.identity(),
                         error = %err,
-                        retry_in_ms = delay.as_millis() as u64,
-                        last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
+                        retry_in_ms,
+                        retry_rule,
+                        last_good_token_expires_at = last_expires,
                         "token refresh failed; keeping the last good token"
                     ),
                     ErrorClass::Transient => tracing::warn!(
                         identity = source.identity(),
                         error = %err,
-                        retry_in_ms = delay.as_millis() as u64,
-                        last_good_token_expires_at = last_expires.as_deref().unwrap_or("none"),
+                        retry_in_ms,
+                        retry_rule,
+                        last_good_token_expires_at = last_expires,
                         "token refresh failed; keeping the last good token"
                     ),
                 }
@@ -786,18 +873,105 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn backoff_grows_exponentially_and_caps() {
+    fn next_retry_table() {
         let b = Backoff::default();
-        let t = ErrorClass::Transient;
-        assert_eq!(b.delay(t, 0, 1.0), Duration::from_secs(1));
-        assert_eq!(b.delay(t, 0, 0.0), Duration::from_millis(500));
-        assert_eq!(b.delay(t, 3, 1.0), Duration::from_secs(8));
-        assert_eq!(b.delay(t, 20, 1.0), Duration::from_secs(300));
-        assert_eq!(b.delay(t, u32::MAX, 1.0), Duration::from_secs(300));
-        assert_eq!(
-            b.delay(ErrorClass::Configuration, 0, 1.0),
-            Duration::from_secs(30)
-        );
+        let s = Duration::from_secs_f64;
+        let (t, c) = (ErrorClass::Transient, ErrorClass::Configuration);
+        // The last good token expires `secs` after now, or expired `secs` before.
+        let before = |secs: f64| Some(t0() + s(secs));
+        let after = |secs: f64| Some(t0() - s(secs));
+        use RetryRule::{Backoff as Plain, BeforeExpiry, Expired, Expiring, NoToken};
+        // (class, attempt, last good expiry relative to now, random, expected delay, rule)
+        let cases = [
+            // Far from expiry: the plain backoff, 1 s doubling to 5 min; configuration from 30 s.
+            (t, 0, before(6.0 * 3600.0), 1.0, s(1.0), Plain),
+            (t, 0, before(6.0 * 3600.0), 0.0, s(0.5), Plain),
+            (t, 3, before(6.0 * 3600.0), 1.0, s(8.0), Plain),
+            (t, 20, before(6.0 * 3600.0), 1.0, s(300.0), Plain),
+            (t, u32::MAX, before(6.0 * 3600.0), 1.0, s(300.0), Plain),
+            (c, 0, before(6.0 * 3600.0), 1.0, s(30.0), Plain),
+            (c, 0, before(6.0 * 3600.0), 0.0, s(15.0), Plain),
+            // The backoff would sleep through expiry: land 2.5 s (random 1) to 5 s (random 0)
+            // before it instead.
+            (t, 20, before(100.0), 1.0, s(97.5), BeforeExpiry),
+            (t, 20, before(100.0), 0.0, s(95.0), BeforeExpiry),
+            (t, 7, before(60.0), 1.0, s(57.5), BeforeExpiry),
+            (c, 0, before(20.0), 1.0, s(17.5), BeforeExpiry),
+            (t, 3, before(10.0), 1.0, s(7.5), BeforeExpiry),
+            // ... but never sooner than the shortest backoff.
+            (t, 8, before(5.2), 0.0, s(0.5), BeforeExpiry),
+            // A backoff that ends before the landing point is left alone.
+            (t, 2, before(10.0), 1.0, s(4.0), Plain),
+            // The last seconds before expiry: at most 4 s (2 to 4 s, jittered).
+            (t, 8, before(5.0), 1.0, s(4.0), Expiring),
+            (t, 8, before(3.0), 0.0, s(2.0), Expiring),
+            (t, 0, before(3.0), 1.0, s(1.0), Expiring),
+            (c, 0, before(1.0), 0.5, s(3.0), Expiring),
+            // The case: 40 s tokens, expired 2 s ago, attempt 5; it used to wait 30.4 s.
+            (t, 5, after(2.0), 0.9, s(3.8), Expired),
+            (t, 0, after(0.0), 1.0, s(1.0), Expired),
+            (t, 1, after(60.0), 0.0, s(1.0), Expired),
+            (t, 20, after(3600.0), 1.0, s(4.0), Expired),
+            // A fixed key works within seconds too.
+            (c, 0, after(2.0), 0.0, s(2.0), Expired),
+            (c, 9, after(2.0), 1.0, s(4.0), Expired),
+            // No token ever: nothing is written yet, so every class retries within seconds.
+            (t, 0, None, 1.0, s(1.0), NoToken),
+            (t, 10, None, 0.5, s(3.0), NoToken),
+            (c, 0, None, 0.0, s(2.0), NoToken),
+        ];
+        for (i, (class, attempt, expiry, random, delay, rule)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                b.next_retry(class, attempt, t0(), expiry, random),
+                (delay, rule),
+                "case {i}: {class:?} attempt {attempt} expiry {expiry:?} random {random}"
+            );
+        }
+    }
+
+    #[test]
+    fn next_retry_never_reaches_past_expiry_by_more_than_the_cap() {
+        let b = Backoff::default();
+        let now = t0();
+        let mut offsets: Vec<f64> = (-400..=400).map(|i| f64::from(i) * 0.25).collect();
+        offsets.extend([-7200.0, -3600.0, 3600.0, 6.0 * 3600.0, 43_200.0]);
+        for class in [ErrorClass::Transient, ErrorClass::Configuration] {
+            for attempt in [0, 1, 2, 3, 5, 8, 12, 40] {
+                for random in [0.0, 0.1, 0.37, 0.5, 0.83, 0.999, 1.0] {
+                    let initial = match class {
+                        ErrorClass::Transient => b.initial,
+                        ErrorClass::Configuration => b.configuration_initial,
+                    };
+                    let plain = Exponential {
+                        initial,
+                        max: b.max,
+                    }
+                    .delay(attempt, random);
+                    for &offset in &offsets {
+                        // `offset` seconds until the last good token expires (negative: ago).
+                        let expiry = if offset >= 0.0 {
+                            now + Duration::from_secs_f64(offset)
+                        } else {
+                            now - Duration::from_secs_f64(-offset)
+                        };
+                        let (delay, _) = b.next_retry(class, attempt, now, Some(expiry), random);
+                        let case = format!("{class:?} {attempt} {random} {offset}");
+                        assert!(delay >= Duration::from_millis(500), "{case}: {delay:?}");
+                        assert!(delay <= plain, "{case}: never longer than the backoff");
+                        assert!(
+                            now + delay <= now.max(expiry) + b.urgent_max,
+                            "{case}: {delay:?}"
+                        );
+                        if offset > 5.0 {
+                            assert!(
+                                now + delay <= expiry - Duration::from_millis(2500),
+                                "{case}: an attempt before expiry, {delay:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// A source that answers from a script and records when it was called.
@@ -877,5 +1051,185 @@ pub(crate) mod tests {
                 "retry {i}: {gap:?}"
             );
         }
+    }
+
+    /// Wall time that moves with tokio's (paused) clock, from a fixed start.
+    #[derive(Clone, Copy)]
+    struct Clock {
+        wall: SystemTime,
+        start: tokio::time::Instant,
+    }
+
+    impl Clock {
+        fn start() -> Clock {
+            Clock {
+                wall: t0(),
+                start: tokio::time::Instant::now(),
+            }
+        }
+        fn now(&self) -> SystemTime {
+            self.wall + self.start.elapsed()
+        }
+        fn secs(&self) -> f64 {
+            self.start.elapsed().as_secs_f64()
+        }
+    }
+
+    /// AWS with outages: a call fails with `class` while the clock is in one of `outages`
+    /// (seconds since start), and is otherwise answered with a fresh `ttl` token. Records each
+    /// call's time and outcome.
+    struct Outages {
+        clock: Clock,
+        ttl: Duration,
+        outages: Vec<(f64, f64, ErrorClass)>,
+        calls: Arc<Mutex<Vec<(f64, bool)>>>,
+    }
+
+    impl TokenSource for Outages {
+        fn identity(&self) -> &str {
+            "us-east-1"
+        }
+        async fn fetch(&self) -> Result<Token, FetchError> {
+            let at = self.clock.secs();
+            let failing = self
+                .outages
+                .iter()
+                .find(|(from, until, _)| (*from..*until).contains(&at));
+            self.calls.lock().unwrap().push((at, failing.is_none()));
+            match failing {
+                Some(&(_, _, class)) => Err(FetchError {
+                    class,
+                    ..throttled()
+                }),
+                None => Ok(token_at("us-east-1", "p", self.clock.now(), self.ttl)),
+            }
+        }
+    }
+
+    /// Runs keep_fresh on `source` until it has published `tokens` tokens; returns the calls.
+    async fn run_until_published(source: Outages, tokens: usize) -> Vec<(f64, bool)> {
+        let calls = source.calls.clone();
+        let clock = source.clock;
+        let (tx, mut rx) = watch::channel(BTreeMap::new());
+        let policy = RefreshPolicy {
+            margin: Duration::ZERO,
+            fraction: 0.5,
+            jitter: 0.0,
+            max_interval: None,
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let task = tokio::spawn(keep_fresh_by(
+            source,
+            policy,
+            Backoff::default(),
+            tx,
+            metrics,
+            move || clock.now(),
+        ));
+        // Virtual time: a day passes in milliseconds, and a stuck loop still fails.
+        tokio::time::timeout(Duration::from_secs(2 * 86_400), async {
+            for _ in 0..tokens {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the tokens were published");
+        task.abort();
+        calls.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_an_outage_that_outlived_the_token_recovery_is_noticed_within_seconds() {
+        // (token lifetime, outage start and end in seconds since the first fetch)
+        let cases = [
+            (40.0, 10.0, 46.0), // the run: 40 s tokens, a 46 s outage
+            (40.0, 10.0, 41.0),
+            (40.0, 19.0, 77.0),
+            (100.0, 1.0, 107.0),
+            (100.0, 49.0, 400.0),
+            (43_200.0, 1.0, 43_210.0), // 12 h tokens, AWS back 10 s after expiry
+            (43_200.0, 21_000.0, 43_200.0 + 1_000.0),
+        ];
+        for (ttl, from, until) in cases {
+            let clock = Clock::start();
+            let source = Outages {
+                clock,
+                ttl: Duration::from_secs_f64(ttl),
+                outages: vec![(from, until, ErrorClass::Transient)],
+                calls: Arc::default(),
+            };
+            let calls = run_until_published(source, 2).await;
+            let case = format!("ttl {ttl}, outage {from}..{until}: calls {calls:?}");
+            let (last, ok) = *calls.last().unwrap();
+            assert!(ok, "{case}");
+            // The first call after AWS answers again succeeds, within 4 s of it.
+            assert!(last >= until && last - until <= 4.0, "{case}");
+            assert!(calls[1..calls.len() - 1].iter().all(|c| !c.1), "{case}");
+            // One attempt in the last 5 s before expiry (the refresh itself at half-life, or
+            // the backoff clipped to land there) ...
+            let expiry = ttl;
+            assert!(
+                calls.iter().any(|c| (expiry - 5.0..expiry).contains(&c.0)),
+                "{case}"
+            );
+            // ... and from then on, never more than 4 s between attempts.
+            for pair in calls.windows(2).filter(|w| w[0].0 >= expiry - 5.0) {
+                assert!(pair[1].0 - pair[0].0 <= 4.0, "{case}");
+            }
+            // Before that, the backoff is plain exponential: throttle-friendly.
+            for pair in calls.windows(2).filter(|w| w[1].0 < expiry - 5.0) {
+                assert!(pair[1].0 - pair[0].0 >= 0.5, "{case}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_token_even_configuration_errors_retry_within_seconds() {
+        for class in [ErrorClass::Configuration, ErrorClass::Transient] {
+            let clock = Clock::start();
+            // Denied (or down) from the start for two minutes, then the key is fixed.
+            let source = Outages {
+                clock,
+                ttl: Duration::from_secs(43_200),
+                outages: vec![(0.0, 120.0, class)],
+                calls: Arc::default(),
+            };
+            let calls = run_until_published(source, 1).await;
+            let case = format!("{class:?}: calls {calls:?}");
+            let (last, ok) = *calls.last().unwrap();
+            assert!(ok && (120.0..=124.0).contains(&last), "{case}");
+            for pair in calls.windows(2) {
+                let gap = pair[1].0 - pair[0].0;
+                assert!((0.5..=4.0).contains(&gap), "{case}");
+            }
+            // At most one call per 2 s once the backoff has grown: 20 calls/s per account and
+            // region leave room for many identities.
+            assert!(calls.len() <= 70, "{case}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configuration_errors_stay_slow_before_expiry_and_retry_fast_after() {
+        let clock = Clock::start();
+        // 12 h tokens; the keys are revoked at 1 h and fixed 1 min after the token expired.
+        let source = Outages {
+            clock,
+            ttl: Duration::from_secs(43_200),
+            outages: vec![(3600.0, 43_260.0, ErrorClass::Configuration)],
+            calls: Arc::default(),
+        };
+        let calls = run_until_published(source, 2).await;
+        let failed: Vec<f64> = calls.iter().filter(|c| !c.1).map(|c| c.0).collect();
+        // The first failure is the refresh at 6 h; the next comes 15 to 30 s later.
+        assert_eq!(failed[0], 21_600.0);
+        assert!(
+            (15.0..=30.0).contains(&(failed[1] - failed[0])),
+            "{failed:?}"
+        );
+        let before_expiry = failed.iter().filter(|&&t| t < 43_195.0).count();
+        // After the first few, one call every 2.5 to 5 min: at most about 150 in 6 h.
+        assert!(before_expiry <= 150, "{before_expiry} calls before expiry");
+        let (last, ok) = *calls.last().unwrap();
+        assert!(ok && (43_260.0..=43_264.0).contains(&last), "{calls:?}");
     }
 }
