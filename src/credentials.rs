@@ -260,8 +260,8 @@ impl SecretCredentials {
         let retries = Retries::default();
         let next_attempt = retries.next_attempt.clone();
         let mut events = watcher(api, config)
-            // The watcher emits `Init` before every list attempt; let through, it would reset
-            // the backoff each time, and a refused list would be retried every second forever.
+            // The watcher emits `Init` before every list attempt. Let through, it would reset
+            // the backoff each time: a refused list would be retried every second forever.
             .try_filter(|event| std::future::ready(!matches!(event, watcher::Event::Init)))
             .backoff(retries)
             .boxed();
