@@ -841,7 +841,14 @@ async fn credentials_secret(
         CredentialsError::MissingKey { .. } | CredentialsError::NotText { .. } => format!(
             "put text values under aws_access_key_id and aws_secret_access_key (optionally aws_session_token) in Secret {namespace}/{name}"
         ),
+        CredentialsError::Invalid { .. } => format!(
+            "put the keys exactly as AWS issued them in Secret {namespace}/{name} (the rules are in docs/configuration.md#credentials)"
+        ),
         CredentialsError::Api { .. } => KUBE_FIX.to_string(),
+        // Only the watch reports this; `check` reads with get.
+        CredentialsError::WatchForbidden { .. } => format!(
+            "grant get, list, watch on secrets with resourceNames [\"{name}\"] in namespace {namespace} (the Role in deploy/common.yaml)"
+        ),
     };
     report
         .checks

@@ -50,6 +50,12 @@ pub struct ResourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `forbidden`, `unavailable` or `invalid`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -76,6 +82,9 @@ pub struct Metrics {
     /// The latest problem not shown by the counts (a refused watch or write, credentials that
     /// cannot be loaded), and when the configuration last made progress.
     problem: Mutex<(Option<Problem>, Option<std::time::SystemTime>)>,
+    /// Why the credentials Secret cannot be followed, while that lasts: unlike `problem`,
+    /// progress does not hide it (tokens still come with the keys read before).
+    credentials: Mutex<Option<Problem>>,
 }
 
 /// Something a human must fix, for a resource's status: a condition reason and a message.
@@ -111,6 +120,7 @@ struct Families {
     limiter_wait: Histogram,
     queue_depth: Gauge,
     resource_ready: Family<ResourceLabels, Gauge>,
+    credentials_failures: Family<ReasonLabels, Counter>,
 }
 
 /// 1 ms to about 16 s: a reconcile is one cache read, or a write or two.
@@ -210,6 +220,12 @@ impl Metrics {
             "1 while an EcrPullSecret's Ready condition is True, 0 otherwise (also when it cannot run); exported by the leader",
             resource_ready.clone(),
         );
+        let credentials_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "credentials_watch_failures",
+            "Failures following the credentials Secret, by reason: forbidden (list or watch refused), unavailable (API server unreachable or failing; retried with backoff), invalid (content unusable or Secret deleted; the previous keys stay in use)",
+            credentials_failures.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -236,6 +252,7 @@ impl Metrics {
             limiter_wait,
             queue_depth,
             resource_ready,
+            credentials_failures,
         };
         Metrics::scoped(std::sync::Arc::new(families), None)
     }
@@ -248,6 +265,7 @@ impl Metrics {
             queued: Mutex::new(HashSet::new()),
             tokens: Mutex::new(BTreeMap::new()),
             problem: Mutex::new((None, None)),
+            credentials: Mutex::new(None),
         }
     }
 
@@ -278,9 +296,39 @@ impl Metrics {
         });
     }
 
-    /// The latest problem, unless the configuration made progress (a token fetched, a namespace
-    /// synced) after it.
+    /// One failure following the credentials Secret (`reason`: `forbidden`, `unavailable`,
+    /// `invalid`).
+    pub fn credentials_failure(&self, reason: &str) {
+        self.families
+            .credentials_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets (reason, message) or clears the credentials Secret's problem.
+    pub fn credentials_problem(&self, problem: Option<(&'static str, String)>) {
+        let mut current = self.credentials.lock().expect("credentials lock");
+        let same = match (&*current, &problem) {
+            (Some(c), Some((reason, message))) => c.reason == *reason && &c.message == message,
+            _ => false,
+        };
+        if !same {
+            *current = problem.map(|(reason, message)| Problem {
+                reason,
+                message,
+                at: std::time::SystemTime::now(),
+            });
+        }
+    }
+
+    /// The credentials Secret's problem while it lasts, else the latest problem unless the
+    /// configuration made progress (a token fetched, a namespace synced) after it.
     pub fn current_problem(&self) -> Option<Problem> {
+        if let Some(problem) = self.credentials.lock().expect("credentials lock").clone() {
+            return Some(problem);
+        }
         let guard = self.problem.lock().expect("problem lock");
         match &guard.0 {
             Some(problem) if guard.1.is_none_or(|progress| progress <= problem.at) => {
@@ -661,6 +709,33 @@ mod tests {
         assert!(text.contains("ecr_pull_secrets_resource_ready{resource=\"team-b\"} 1"));
         m.resource_ready("team-a", None);
         assert!(!m.encode().contains("team-a"));
+    }
+
+    #[test]
+    fn a_credentials_problem_lasts_until_cleared_whatever_progress() {
+        let m = Metrics::new();
+        m.problem("Forbidden", "a write was refused".into());
+        m.credentials_problem(Some(("Forbidden", "may not list the Secret".into())));
+        m.credentials_failure("forbidden");
+        m.credentials_failure("forbidden");
+        // Tokens still come with the keys read before: that hides other problems, not this one.
+        m.token_fetched("us-east-1", std::time::SystemTime::now());
+        let problem = m.current_problem().unwrap();
+        assert_eq!(problem.message, "may not list the Secret");
+        let at = problem.at;
+        m.credentials_problem(Some(("Forbidden", "may not list the Secret".into())));
+        assert_eq!(
+            m.current_problem().unwrap().at,
+            at,
+            "unchanged, not renewed"
+        );
+        m.credentials_problem(None);
+        assert_eq!(m.current_problem(), None);
+        assert!(
+            m.encode().contains(
+                "ecr_pull_secrets_credentials_watch_failures_total{reason=\"forbidden\"} 2"
+            )
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ pub(crate) async fn lead(
     let selection = args.selection().map_err(Error::Config)?;
     let stop_for_drain = stop.clone();
     let mut tasks = JoinSet::new();
-    let sdk_config = aws_config(&client, args, &mut tasks).await?;
+    let sdk_config = aws_config(&client, args, &metrics, &mut tasks).await?;
     let regions = args.regions();
     tracing::info!(
         regions = regions.join(","),
@@ -578,6 +578,7 @@ pub(crate) fn lease_namespace(client: &Client, args: &RunArgs) -> String {
 async fn aws_config(
     client: &Client,
     args: &RunArgs,
+    metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
 ) -> Result<aws_config::SdkConfig, Error> {
     let mut base = None;
@@ -588,7 +589,12 @@ async fn aws_config(
         tasks.spawn(
             provider
                 .clone()
-                .follow(client.clone(), namespace.clone(), name.clone())
+                .follow(
+                    client.clone(),
+                    namespace.clone(),
+                    name.clone(),
+                    metrics.clone(),
+                )
                 .in_current_span(),
         );
         tracing::info!(

@@ -714,3 +714,172 @@ async fn an_expired_token_is_written_and_reported_as_expired() {
     let server = api.await.unwrap();
     assert_no_more_requests(ctx, server).await;
 }
+
+/// The credentials Secret's watch against an API server that refuses it: LISTs stay few (the
+/// watch backs off), every failure counts, the problem names the verb and clears once allowed.
+#[tokio::test(start_paused = true)]
+async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
+    use ecr_pull_secrets::credentials::SecretCredentials;
+
+    #[derive(Default)]
+    struct Seen {
+        lists: u32,
+        watches: u32,
+        /// Refuse the list (`"list"`), only the watch (`"watch"`), or nothing (`""`).
+        refuse: &'static str,
+        /// Requests held unanswered: the cap was reached, or a watch that stays open.
+        held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
+    }
+    // A watch without backoff reaches this at once; then nothing is answered, so the test
+    // ends at its deadline and fails on the count instead of spinning forever.
+    const CAP: u32 = 500;
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let seen = Arc::new(Mutex::new(Seen {
+        refuse: "list",
+        ..Seen::default()
+    }));
+    let api = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Some((request, send)) = server.next_request().await {
+                assert_eq!(request.method(), "GET");
+                assert_eq!(request.uri().path(), "/api/v1/namespaces/ns/secrets");
+                let query = request.uri().query().unwrap_or_default().to_string();
+                assert!(
+                    query.contains("fieldSelector=metadata.name%3Daws"),
+                    "{query}"
+                );
+                let mut seen = seen.lock().unwrap();
+                let watch = query.contains("watch=true");
+                if watch {
+                    seen.watches += 1;
+                } else {
+                    seen.lists += 1;
+                }
+                if seen.lists + seen.watches > CAP {
+                    seen.held.push(send);
+                } else if seen.refuse == "list" || (watch && seen.refuse == "watch") {
+                    send.send_response(status(403, "Forbidden"));
+                } else if watch {
+                    seen.held.push(send);
+                } else {
+                    let secret = json!({
+                        "metadata": {"name": "aws", "namespace": "ns", "resourceVersion": "5"},
+                        "data": {
+                            "aws_access_key_id": STANDARD.encode("AKIAIOSFODNN7EXAMPLE"),
+                            "aws_secret_access_key": STANDARD.encode("wJalrXUtnFEMI/K7MDENG"),
+                        },
+                    });
+                    send.send_response(json_response(
+                        200,
+                        json!({"kind": "SecretList", "apiVersion": "v1",
+                               "metadata": {"resourceVersion": "5"}, "items": [secret]}),
+                    ));
+                }
+            }
+        }
+    });
+    let metrics = Arc::new(Metrics::new());
+    let keys = SecretCredentials::new(aws_credential_types::Credentials::new(
+        "AKIAIOSFODNN7EXAMPLE",
+        "secret",
+        None,
+        None,
+        "test",
+    ));
+    let follow = tokio::spawn(keys.follow(client, "ns".into(), "aws".into(), metrics.clone()));
+    let failures = |metrics: &Metrics| {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "ecr_pull_secrets_credentials_watch_failures_total{reason=\"forbidden\"} ",
+                )
+            })
+            .map_or(0, |v| v.parse::<u32>().unwrap())
+    };
+
+    // A minute of (paused) time with the list refused: kube's default backoff, 0.8 s doubling
+    // to 30 s with jitter, allows at most 7 attempts. Without backoff: the cap, at once.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let lists = seen.lock().unwrap().lists;
+    assert!((3..=7).contains(&lists), "{lists} LISTs in a minute");
+    assert_eq!(failures(&metrics), lists, "every failure counts");
+    let problem = metrics.current_problem().expect("a problem");
+    assert_eq!(problem.reason, "Forbidden");
+    assert!(
+        problem
+            .message
+            .contains("not allowed to list credentials Secret ns/aws"),
+        "{}",
+        problem.message
+    );
+
+    // Listing allowed, watching not: the LIST is not repeated, the WATCH backs off.
+    seen.lock().unwrap().refuse = "watch";
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (lists_after, watches) = {
+        let seen = seen.lock().unwrap();
+        (seen.lists, seen.watches)
+    };
+    assert_eq!(lists_after, lists + 1, "listed once");
+    assert!((2..=7).contains(&watches), "{watches} WATCHes in a minute");
+    let problem = metrics.current_problem().expect("a problem");
+    assert!(
+        problem
+            .message
+            .contains("not allowed to watch credentials Secret ns/aws"),
+        "{}",
+        problem.message
+    );
+
+    // Allowed: the next watch stays open and the problem clears; progress elsewhere (a token
+    // fetched) never hid it.
+    metrics.token_fetched("eu-west-1", SystemTime::now() + Duration::from_secs(3600));
+    seen.lock().unwrap().refuse = "";
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metrics.current_problem().is_some() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the problem never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follow.abort();
+    api.abort();
+}
+
+/// Every watch in src/ backs off: a watch that retries at once floods the API server and the
+/// log (the credentials watch did, 4,800 LISTs a second). `Controller::new` is exempt: it backs
+/// off its own watch (`trigger_backoff`, kube's default).
+#[test]
+fn every_watch_in_src_backs_off() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut watches = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (at, _) in text.match_indices("watcher(") {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line = &text[line_start..];
+            if line.trim_start().starts_with("//") || text[..at].ends_with("fn ") {
+                continue;
+            }
+            // The chain the call starts: up to the end of its statement.
+            let chain = &text[at..];
+            let chain = &chain[..chain.find(";\n").unwrap_or(chain.len())];
+            assert!(
+                chain.contains(".default_backoff()") || chain.contains(".backoff("),
+                "{}: a watcher without backoff: {}",
+                path.display(),
+                &chain[..chain.len().min(200)]
+            );
+            watches += 1;
+        }
+    }
+    assert!(
+        watches >= 5,
+        "found only {watches} watches; did the scan break?"
+    );
+}

@@ -34,6 +34,7 @@ fn exported() -> BTreeSet<String> {
     m.limiter_waited(std::time::Duration::ZERO);
     m.enqueued("default");
     m.resource_ready("team-a", Some(true));
+    m.credentials_failure("forbidden");
     let text = m.encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {
@@ -98,6 +99,7 @@ fn exposition_lists_every_metric_the_issue_asks_for() {
         "ecr_pull_secrets_leader",
         "ecr_pull_secrets_leadership_transitions_total",
         "ecr_pull_secrets_build_info",
+        "ecr_pull_secrets_credentials_watch_failures_total",
     ] {
         assert!(names.contains(name), "{name} not exported; have {names:?}");
     }
