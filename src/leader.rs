@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -197,6 +197,9 @@ impl Elector {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.config.name));
         watcher(self.api.clone(), config)
+            // The watcher emits `Init` before every list attempt; let through, it would reset
+            // the backoff each time and a failing list would be retried every second forever.
+            .try_filter(|event| std::future::ready(!matches!(event, watcher::Event::Init)))
             .default_backoff()
             .filter_map(|event| {
                 std::future::ready(
