@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
@@ -21,6 +22,10 @@ pub struct Health {
     pub started: AtomicBool,
     /// SIGTERM received: take this replica out of rotation.
     pub shutting_down: AtomicBool,
+    /// Why this replica cannot even contend for the Lease (refused, or its namespace gone): a
+    /// configuration problem a human must fix, so not ready until it clears. Transient
+    /// failures (an unreachable API server) never set it.
+    pub lease_problem: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -43,12 +48,20 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let lease_problem = state
+        .health
+        .lease_problem
+        .lock()
+        .expect("health lock")
+        .clone();
     if state.health.shutting_down.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
     } else if !state.health.started.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string())
+    } else if let Some(problem) = lease_problem {
+        (StatusCode::SERVICE_UNAVAILABLE, problem)
     } else {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, "ok".to_string())
     }
 }
 

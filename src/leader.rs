@@ -308,6 +308,35 @@ impl Elector {
     }
 }
 
+/// A lease request refused for good (RBAC, a namespace that does not exist or is terminating):
+/// what to fix. `None` for what passes by itself (timeouts, 5xx, conflicts).
+fn lease_problem(config: &LeaseConfig, error: &kube::Error) -> Option<String> {
+    let kube::Error::Api(status) = error else {
+        return None;
+    };
+    let lease = format!("Lease {}/{}", config.namespace, config.name);
+    match status.code {
+        403 => Some(format!(
+            "{lease} refused ({}): grant get, list, watch and update on leases with resourceNames [{}], \
+             and create on leases, in namespace {} (the shipped Role does)",
+            status.message, config.name, config.namespace
+        )),
+        404 => Some(format!(
+            "{lease} cannot be created ({}): namespace {} does not exist; create it or set \
+             --lease-namespace to an existing one",
+            status.message, config.namespace
+        )),
+        _ => None,
+    }
+}
+
+fn clear_lease_problem(health: &crate::admin::Health) {
+    let mut current = health.lease_problem.lock().expect("health lock");
+    if current.take().is_some() {
+        tracing::info!("the lease can be contended for again; ready");
+    }
+}
+
 /// Runs the election until dropped, publishing leadership on `leading`. A leader that has not
 /// renewed for the renew deadline publishes `false` and stops: the caller drops the leader's
 /// work and exits.
@@ -316,6 +345,7 @@ pub async fn run(
     leading: watch::Sender<bool>,
     fence: Fence,
     metrics: std::sync::Arc<Metrics>,
+    health: std::sync::Arc<crate::admin::Health>,
 ) {
     // Whatever ends this loop (stepping down, being dropped) closes the fence.
     struct CloseOnDrop(Fence);
@@ -341,6 +371,7 @@ pub async fn run(
         let leader = *leading.borrow();
         match attempt {
             Ok(Ok(Attempt::Held)) => {
+                clear_lease_problem(&health);
                 last_renew = Some(started);
                 // From when the request was sent: the lease's renewTime is no earlier.
                 fence.renewed(started);
@@ -364,10 +395,17 @@ pub async fn run(
                 leading.send_replace(false);
                 return;
             }
-            Ok(Ok(Attempt::NotHeld)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, lease = config.name, "lease request failed")
-            }
+            Ok(Ok(Attempt::NotHeld)) => clear_lease_problem(&health),
+            Ok(Err(error)) => match lease_problem(&config, &error) {
+                Some(problem) => {
+                    let mut current = health.lease_problem.lock().expect("health lock");
+                    if current.as_deref() != Some(problem.as_str()) {
+                        tracing::error!(problem, "cannot contend for the lease; not ready");
+                    }
+                    *current = Some(problem);
+                }
+                None => tracing::warn!(error = %error, lease = config.name, "lease request failed"),
+            },
             Err(_) => tracing::warn!(lease = config.name, "lease request timed out"),
         }
         if let Some(at) = last_renew

@@ -95,6 +95,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         leading_tx,
         fence.clone(),
         metrics.clone(),
+        health.clone(),
     )));
 
     // Followers idle (and stay ready) until they lead or are told to stop.

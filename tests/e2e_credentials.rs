@@ -73,18 +73,8 @@ fn apply(env: &TestEnv, name: &str, yaml: &str) {
     kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
 }
 
-/// A client-certificate user (no groups) from `tests/testenv.sh user`.
 fn user(name: &str) -> String {
-    let out = Command::new(support::repo().join("tests/testenv.sh"))
-        .args(["user", name])
-        .output()
-        .expect("tests/testenv.sh user");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    testenv_user(name)
 }
 
 /// RBAC for user `who`: what the controller needs for `secret` (flags or an EcrPullSecret), and

@@ -464,3 +464,77 @@ async fn bad_configuration_fails_at_start_naming_the_fix() {
         );
     }
 }
+
+/// A replica that may not touch its Lease (RBAC) is not ready, and says what to grant; once
+/// granted, it is ready again without a restart.
+#[tokio::test]
+async fn a_replica_that_cannot_contend_for_the_lease_is_not_ready_and_says_why() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("nolease");
+    let kubeconfig = testenv_user(&p);
+    let role = |rules: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {p}}}
+rules:
+  - {{apiGroups: [''], resources: [namespaces], verbs: [get, list, watch]}}
+  - {{apiGroups: [''], resources: [secrets], verbs: [create, get, list, watch, patch, delete]}}
+  - {{apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}}
+{rules}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {p}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {p}}}
+subjects: [{{kind: User, name: {p}}}]
+"
+        )
+    };
+    let file = env.dir.join(format!("{p}-rbac.yaml"));
+    std::fs::write(&file, role("")).unwrap();
+    kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    let controller = env.controller_with_env(
+        &p,
+        &[
+            "--namespace",
+            "default",
+            "--target-namespaces",
+            &format!("{p}-*"),
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let admin = controller.admin_address().await;
+    let body = eventually(
+        "/readyz 503 naming the fix",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = http_get(&admin, "/readyz").await?;
+            (code == 503 && body.contains("Lease")).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        body.contains("grant get, list, watch and update on leases"),
+        "{body}"
+    );
+    assert!(
+        controller
+            .log_text()
+            .contains("cannot contend for the lease; not ready")
+    );
+    std::fs::write(
+        &file,
+        role("  - {apiGroups: [coordination.k8s.io], resources: [leases], verbs: [create, get, list, watch, update]}"),
+    )
+    .unwrap();
+    kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    eventually("ready once granted", Duration::from_secs(30), || async {
+        (http_get(&admin, "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    drop(controller);
+    kubectl(&["delete", "--ignore-not-found", "-f", file.to_str().unwrap()]);
+    let _ = client;
+}

@@ -593,6 +593,20 @@ pub fn decode(secret: &Secret) -> PullSecret {
     }
 }
 
+/// A client-certificate user (no groups) from `tests/testenv.sh user`: its kubeconfig's path.
+pub fn testenv_user(name: &str) -> String {
+    let out = Command::new(repo().join("tests/testenv.sh"))
+        .args(["user", name])
+        .output()
+        .expect("tests/testenv.sh user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
