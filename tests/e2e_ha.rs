@@ -523,24 +523,37 @@ async fn readyz_fails_after_sigterm() {
     );
 }
 
-/// A leader paused (SIGSTOP) past its lease while writes were due, then resumed after another
-/// replica took over and rewrote every namespace: on resume its watches deliver the new
-/// leader's writes, which it would "restore" with its own older token. The fence checked
-/// before every write stops them: zero versions with the old token after the takeover.
+/// A leader paused (SIGSTOP) past its lease in the middle of writing (new namespaces queued
+/// behind a slow write limiter), resumed after another replica took over and wrote every
+/// namespace: the writes it had queued must not go out with its older token. The fence checked
+/// immediately before every write stops them: zero versions with the old token after the
+/// takeover.
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
     let Some(env) = testenv() else { return };
     let client = client().await;
     let p = unique("pause");
-    let namespaces: Vec<String> = (0..30).map(|i| format!("{p}-{i}")).collect();
-    for ns in &namespaces {
+    let first: Vec<String> = (0..3).map(|i| format!("{p}-{i}")).collect();
+    for ns in &first {
         create_namespace(&client, ns).await;
     }
     let secret = format!("pull-{p}");
     let lease = format!("lease-{p}");
+    let targets = format!("{p}-*");
+    let common = [
+        "--secret-name",
+        secret.as_str(),
+        "--target-namespaces",
+        &targets,
+        "--lease-name",
+        &lease,
+    ];
     let recorder = Recorder::start(&client, &secret);
-    let mut replicas = start_replicas(&env, &p, &secret, &lease, 1).await;
-    let mut paused = replicas.remove(0);
+    // One write a second after a burst of ten: new namespaces queue up behind the limiter,
+    // and on resume up to ten queued writes may go at once.
+    let mut slow = common.to_vec();
+    slow.extend(["--write-qps", "1", "--write-burst", "10"]);
+    let paused = Replica::start(&env, &format!("{p}-a"), &slow, &[]).await;
     eventually("the first leader", Duration::from_secs(30), || async {
         holder(&client, &lease)
             .await
@@ -548,33 +561,35 @@ async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
     })
     .await;
     let old_tokens = eventually(
-        "every namespace holding the first leader's token",
+        "the first namespaces holding the first leader's token",
         Duration::from_secs(30),
         || async {
             let mut tokens = std::collections::BTreeSet::new();
-            for ns in &namespaces {
+            for ns in &first {
                 tokens.insert(decode(&get_secret(&client, ns, &secret).await?).password);
             }
             Some(tokens)
         },
     )
     .await;
-    let follower = vec![
-        Replica::start(
-            &env,
-            &format!("{p}-b"),
-            &[
-                "--secret-name",
-                &secret,
-                "--target-namespaces",
-                &format!("{p}-*"),
-                "--lease-name",
-                &lease,
-            ],
-            &[],
-        )
-        .await,
-    ];
+    let follower = Replica::start(&env, &format!("{p}-b"), &common, &[]).await;
+    let late: Vec<String> = (0..30).map(|i| format!("{p}-late-{i}")).collect();
+    for ns in &late {
+        create_namespace(&client, ns).await;
+    }
+    // Paused while writing: the burst spent, the rest queued.
+    eventually(
+        "the first leader writing the late namespaces",
+        Duration::from_secs(30),
+        || async {
+            let mut written = 0;
+            for ns in &late {
+                written += usize::from(get_secret(&client, ns, &secret).await.is_some());
+            }
+            (written >= 10).then_some(())
+        },
+    )
+    .await;
     paused.process.signal("STOP");
     eventually(
         "the follower taking over (after the 15 s lease)",
@@ -582,10 +597,11 @@ async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
         || async {
             holder(&client, &lease)
                 .await
-                .filter(|h| *h == follower[0].identity)
+                .filter(|h| *h == follower.identity)
         },
     )
     .await;
+    let namespaces: Vec<String> = first.iter().chain(&late).cloned().collect();
     eventually(
         "every namespace holding the new leader's token",
         Duration::from_secs(30),
@@ -603,15 +619,27 @@ async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
     let taken_over = SystemTime::now();
     paused.process.signal("CONT");
     // On resume it finds the lease taken, steps down and exits non-zero.
-    let exit = tokio::task::spawn_blocking(move || {
+    let mut paused = paused;
+    let (code, paused) = tokio::task::spawn_blocking(move || {
         let code = paused.process.wait_exit(Duration::from_secs(30));
         (code, paused)
-    });
-    let (code, paused) = exit.await.unwrap();
+    })
+    .await
+    .unwrap();
     assert!(
         matches!(code, Some(c) if c != 0),
         "the resumed leader exits non-zero: {code:?}"
     );
+    // Anything it sent on resume has been recorded by the time the new leader answers a
+    // fresh trigger: a namespace created now is written by the new leader.
+    let probe = format!("{p}-probe");
+    create_namespace(&client, &probe).await;
+    eventually(
+        "the new leader still writing",
+        Duration::from_secs(10),
+        || async { get_secret(&client, &probe, &secret).await },
+    )
+    .await;
     let stale: Vec<String> = recorder
         .snapshot()
         .into_iter()
@@ -623,13 +651,12 @@ async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
         "{} writes with the old leader's token after the takeover: {stale:?}",
         stale.len()
     );
-    drop(paused);
     for ns in &namespaces {
-        assert!(
-            !old_tokens
-                .contains(&decode(&get_secret(&client, ns, &secret).await.unwrap()).password)
-        );
+        let now = decode(&get_secret(&client, ns, &secret).await.unwrap()).password;
+        assert!(!old_tokens.contains(&now), "{ns} holds the old token");
     }
-    drop(follower);
-    delete_namespaces(&client, &namespaces).await;
+    drop((paused, follower));
+    let mut all = namespaces;
+    all.push(probe);
+    delete_namespaces(&client, &all).await;
 }
