@@ -23,6 +23,19 @@ async fn gauge(admin: &str, series: &str) -> f64 {
     sample(&body, series).unwrap_or(0.0)
 }
 
+/// A controller (named `name`) writing `secret` into the namespaces `<p>-*`.
+fn serving(env: &TestEnv, name: &str, p: &str, secret: &str) -> Controller {
+    env.controller(
+        name,
+        &[
+            "--secret-name",
+            secret,
+            "--target-namespaces",
+            &format!("{p}-*"),
+        ],
+    )
+}
+
 fn failed_state() -> &'static str {
     "ecr_pull_secrets_namespaces{state=\"failed\"}"
 }
@@ -120,15 +133,7 @@ async fn a_namespace_deleted_while_failing_leaves_the_failed_count_at_once() {
     // No Secret may be written there: an admission policy refuses them.
     let _policy = DenySecrets::install(&client, &p, &failing).await;
     let secret = format!("pull-{p}");
-    let controller = env.controller(
-        &p,
-        &[
-            "--secret-name",
-            &secret,
-            "--target-namespaces",
-            &format!("{p}-*"),
-        ],
-    );
+    let controller = serving(&env, &p, &p, &secret);
     let admin = controller.admin_address().await;
     eventually(
         "the good namespace synced",
@@ -184,15 +189,7 @@ async fn an_expired_token_written_during_an_outage_says_so() {
     create_namespace(&client, &first).await;
     let secret = format!("pull-{p}");
     env.set_emulator(&json!({"ttl_seconds": 8}));
-    let controller = env.controller(
-        &p,
-        &[
-            "--secret-name",
-            &secret,
-            "--target-namespaces",
-            &format!("{p}-*"),
-        ],
-    );
+    let controller = serving(&env, &p, &p, &secret);
     let admin = controller.admin_address().await;
     let written = eventually("the first token", Duration::from_secs(30), || async {
         get_secret(&client, &first, &secret).await
@@ -338,15 +335,7 @@ async fn forged_ownership_is_repaired_and_a_copied_label_is_not_ours() {
             .unwrap();
         originals.insert(ns.clone(), made.resource_version().unwrap());
     }
-    let controller = env.controller(
-        &p,
-        &[
-            "--secret-name",
-            &secret,
-            "--target-namespaces",
-            &format!("{p}-*"),
-        ],
-    );
+    let controller = serving(&env, &p, &p, &secret);
     let admin = controller.admin_address().await;
     let mut ours = eventually("our Secret", Duration::from_secs(30), || async {
         get_secret(&client, &served, &secret).await
@@ -384,15 +373,7 @@ async fn forged_ownership_is_repaired_and_a_copied_label_is_not_ours() {
     // (b) The users' Secrets were neither overwritten nor deleted: reconcile the whole
     // selection again (a restart) and check.
     drop(controller);
-    let again = env.controller(
-        &format!("{p}-again"),
-        &[
-            "--secret-name",
-            &secret,
-            "--target-namespaces",
-            &format!("{p}-*"),
-        ],
-    );
+    let again = serving(&env, &format!("{p}-again"), &p, &secret);
     let admin = again.admin_address().await;
     eventually(
         "the restart reconciled",
