@@ -6,9 +6,9 @@
 #   tests/testenv.sh run -- tests/ecr-registry/pull-test.sh
 #
 # The client is skopeo (Debian), talking to the listener address. When containerd and ctr are
-# available (CONTAINERD_BIN and CTR_BIN, or containerd/ctr on PATH), the same pull also goes
-# through containerd with the hosts.toml of `tests/testenv.sh registry-hosts`, under the real
-# ECR host name, as the kubelet's pulls will.
+# available (CONTAINERD_BIN and CTR_BIN, else the cache's containerd-v*/bin, else PATH), the
+# same pull also goes through containerd with the hosts.toml of `tests/testenv.sh
+# registry-hosts`, under the real ECR host name, as the kubelet's pulls will.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -114,8 +114,12 @@ sleep 3.2
 refused "the same password after its 3 s" "$addr" "AWS:$short" "expired at"
 
 # ---- containerd, through hosts.toml, under the ECR host name (when available)
-containerd_bin=${CONTAINERD_BIN:-$(command -v containerd || true)}
-ctr_bin=${CTR_BIN:-$(command -v ctr || true)}
+# The node's containerd build (tests/testenv.sh on the node branch) lives in the cache.
+cache=${ECR_PULL_SECRETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ecr-pull-secrets}
+cached_bin=$(find "$cache" -maxdepth 3 -path '*/containerd-v*/bin/containerd' 2>/dev/null | sort -V | tail -n1)
+containerd_bin=${CONTAINERD_BIN:-${cached_bin:-$(command -v containerd || true)}}
+ctr_bin=${CTR_BIN:-${cached_bin:+${cached_bin%/containerd}/ctr}}
+ctr_bin=${ctr_bin:-$(command -v ctr || true)}
 if [[ -z $containerd_bin || -z $ctr_bin ]]; then
   log "SKIPPED containerd pull: no containerd/ctr (set CONTAINERD_BIN and CTR_BIN)"
   exit 0
