@@ -143,4 +143,5 @@ log "ok: containerd fetched $ECR_REGISTRY_IMAGE through $certs_d/$host/hosts.tom
 if ctr_ content fetch --hosts-dir "$certs_d" --user "AWS:$other" "$ECR_REGISTRY_IMAGE" >"$work/ctr.out" 2>&1; then
   fail "containerd fetch with a $other_region password succeeded"
 fi
+grep -qiE 'unauthorized|401' "$work/ctr.out" || fail "containerd refused, but not as unauthorized: $(cat "$work/ctr.out")"
 log "ok: containerd refused with a $other_region password"
