@@ -41,9 +41,9 @@ test-registry: testenv
 	$(TESTENV) run -- tests/ecr-registry/pull-test.sh
 
 ## the image as shipped: the Dockerfile's runtime-from-binary target built with buildah (no
-## registry needed), then checked: non-root user, no shell, size, --version.
-test-image:
-	tests/image.sh check
+## registry needed), then checked: non-root user, no shell, size, --version, its CA bundle.
+test-image: testenv
+	$(TESTENV) run -- tests/image.sh check
 
 ## the test environment itself: up, /readyz, RBAC refusing a stranger, down leaving nothing.
 test-testenv: testenv

@@ -8,8 +8,9 @@
 #                          and the image reference (localhost/ecr-pull-secrets:dev)
 #   tests/image.sh check   build, then check the image: numeric non-root user, exactly the
 #                          expected files (no shell), size, `--version` run as 65532 from
-#                          the unpacked root file system (chroot), and, when containerd is
-#                          at hand, `ctr -n k8s.io images import` of the archive
+#                          the unpacked root file system (chroot); inside the test
+#                          environment, that its AWS client trusts the image's CA bundle;
+#                          when containerd is at hand, `ctr -n k8s.io images import`
 #
 # Cached under ${ECR_PULL_SECRETS_CACHE:-~/.cache/ecr-pull-secrets}/image/<key>, the key being a
 # hash of the binary, this script, the Dockerfile, image/ and the CA bundle; buildah's storage in
@@ -80,6 +81,8 @@ build() {
   buildah_ rmi "$IMAGE_REF" >/dev/null 2>&1 || true
   mv "$ARCHIVE.tmp" "$ARCHIVE"
   rm -rf "$ctx"
+  # Only the newest image is kept.
+  find "$CACHE/image" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
   flock -u 8
   log "image built in $((SECONDS - start))s: $ARCHIVE"
 }
@@ -146,9 +149,39 @@ check() {
   else
     log "FAIL: --version: $version"; fail=1
   fi
+  ca_check "$work" "$chroot_bin" || fail=1
   import_check "$work" || fail=1
   ((fail == 0)) || die "image check failed ($ARCHIVE)"
   log "image ok: $ARCHIVE ($IMAGE_REF)"
+}
+
+# ca_check WORK CHROOT: inside the test environment (tests/testenv.sh run), the image's AWS client
+# trusts exactly its /etc/ssl/certs/ca-certificates.crt: `check` against the registry emulator's
+# TLS listener (a certificate from the test CA) fails the handshake with UnknownIssuer, and
+# passes it once that file is the test CA (the emulator then answers 401: not an ECR API).
+ca_check() {
+  local work=$1 chroot_bin=$2 rootfs=$1/rootfs-ca out1 out2
+  if [[ -z ${ECR_REGISTRY_ADDRESS:-} || -z ${ECR_REGISTRY_CA:-} || -z ${KUBECONFIG:-} ]]; then
+    log "SKIPPED CA bundle check: run inside tests/testenv.sh run"
+    return 0
+  fi
+  cp -a "$work/rootfs" "$rootfs"
+  install -m 0644 "$KUBECONFIG" "$rootfs/kubeconfig"
+  aws_check() {
+    env -i KUBECONFIG=/kubeconfig AWS_ENDPOINT_URL_ECR="https://$ECR_REGISTRY_ADDRESS" AWS_REGION="${AWS_REGION:-us-east-1}" \
+      AWS_ACCESS_KEY_ID=AKIATESTENV000000001 AWS_SECRET_ACCESS_KEY=testenv AWS_EC2_METADATA_DISABLED=true \
+      timeout 120 "$chroot_bin" --userspec=65532:65532 "$rootfs" /usr/local/bin/ecr-pull-secrets check 2>&1 |
+      grep '^FAIL  aws' || true
+  }
+  out1=$(aws_check)
+  cp "$ECR_REGISTRY_CA" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  out2=$(aws_check)
+  if [[ $out1 == *UnknownIssuer* && -n $out2 && $out2 != *UnknownIssuer* && $out2 != *TLS* ]]; then
+    log "ok: the AWS client trusts the image's CA bundle, and only it"
+    return 0
+  fi
+  log "FAIL: CA bundle: with the shipped bundle: '$out1'; with the test CA as bundle: '$out2'"
+  return 1
 }
 
 # import_check WORK: when containerd and ctr are at hand (CONTAINERD_BIN and CTR_BIN, else the
