@@ -4,15 +4,15 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit bench
+.PHONY: demo test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-demo testenv build image audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
 	tests/demo.sh
 
-## test: every tier: lint, unit + component, emulator, end to end, demo smoke run.
-test: lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo
+## test: every tier: lint, unit + component, emulators, image, end to end, demo smoke run.
+test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -34,6 +34,17 @@ testenv:
 test-emulator: testenv
 	"$$($(TESTENV) venv)/bin/python" -m pytest -q -p no:cacheprovider tests/ecr-emulator
 
+## the ECR registry emulator: its Go tests, then real pulls (skopeo; containerd too when the
+## cache has it) with passwords the ECR emulator issued, and its refusals.
+test-registry: testenv
+	cd tests/ecr-registry && test -z "$$(gofmt -l .)" && go vet ./... && go test -count=1 ./...
+	$(TESTENV) run -- tests/ecr-registry/pull-test.sh
+
+## the image as shipped: the Dockerfile's runtime-from-binary target built with buildah (no
+## registry needed), then checked: non-root user, no shell, size, --version, its CA bundle.
+test-image: testenv
+	$(TESTENV) run -- tests/image.sh check
+
 ## the test environment itself: up, /readyz, RBAC refusing a stranger, down leaving nothing.
 test-testenv: testenv
 	tests/testenv-selftest.sh
@@ -52,6 +63,10 @@ test-demo: testenv
 
 build:
 	$(CARGO) build --locked --release
+
+## image: the container image archive (OCI) from a static release binary; prints its path.
+image:
+	tests/image.sh build
 
 ## scale benchmark on the real control plane (docs/performance.md): prints a table and writes
 ## JSON. Not part of `test`: it measures, it does not assert. NAMESPACES=10000 for the large run.

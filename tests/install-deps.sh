@@ -13,6 +13,11 @@ command -v flock >/dev/null || missing+=(util-linux)
 command -v ps >/dev/null || missing+=(procps)
 command -v promtool >/dev/null || missing+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The image (tests/image.sh) and the registry emulator's pull test.
+command -v buildah >/dev/null || missing+=(buildah)
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v strip >/dev/null || missing+=(binutils)
 
 if ((${#missing[@]} > 0)); then
   log "installing ${missing[*]}"
@@ -25,3 +30,9 @@ fi
 for tool in go cargo python3; do
   command -v "$tool" >/dev/null || { log "error: $tool is required (install it, then rerun)"; exit 1; }
 done
+
+# The static binary of the image.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "adding the Rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl >&2
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real test environment for ecr-pull-secrets: kube-apiserver + etcd built from
-# the Go module proxy, and the ECR emulator (moto wrapped by
-# tests/ecr-emulator/server.py), all on 127.0.0.1.
+# the Go module proxy, the ECR emulator (moto wrapped by
+# tests/ecr-emulator/server.py) and the ECR registry emulator
+# (tests/ecr-registry, serving a seeded test image), all on 127.0.0.1.
 #
 #   tests/testenv.sh build               build and cache binaries and the venv
 #   eval "$(tests/testenv.sh up)"        start everything, export its settings
@@ -10,6 +11,9 @@
 #   tests/testenv.sh user NAME [GROUP...] kubeconfig for a client-cert user
 #   tests/testenv.sh venv                path of the emulator's venv (made by build)
 #   tests/testenv.sh helm                path of the helm binary (made by build)
+#   tests/testenv.sh registry-hosts CERTS_D  containerd hosts.toml files under
+#                                        CERTS_D for the registry emulator's hosts
+#                                        (needs the variables `up` exports)
 #
 # Everything built lives outside the repo, in
 #   ${ECR_PULL_SECRETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ecr-pull-secrets}
@@ -17,11 +21,15 @@
 # HELM_VERSION (default v3.22.0).
 # `up` prints only `export` lines on stdout; diagnostics go to stderr. Its
 # directory, /tmp/ecr-testenv.XXXXXX, holds the PKI, the process logs
-# (etcd.log, kube-apiserver.log, ecr-emulator.log), pids and users/.
+# (etcd.log, kube-apiserver.log, ecr-emulator.log, ecr-registry.log), pids and
+# users/.
 # Other settings: TESTENV_AWS_REGION (us-east-1), TESTENV_START_TIMEOUT (60 s
 # per component), TESTENV_STOP_TIMEOUT (10 s per process before KILL),
 # TESTENV_ADVERTISE_ADDRESS (default: a non-loopback IPv4 of this machine, else
-# 10.0.0.1), TESTENV_KEEP_ON_FAILURE=1 (keep the directory when `up` fails).
+# 10.0.0.1), TESTENV_KEEP_ON_FAILURE=1 (keep the directory when `up` fails),
+# TESTENV_REGISTRY_ACCOUNT (123456789012: moto's account, the emulator's default
+# registry ID), TESTENV_REGISTRY_REGIONS (the AWS region and one other: a token
+# of one region must not open the other's registry).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -38,6 +46,18 @@ AWS_REGION_DEFAULT=${TESTENV_AWS_REGION:-us-east-1}
 
 EMULATOR_DIR="$REPO_ROOT/tests/ecr-emulator"
 REQUIREMENTS="$EMULATOR_DIR/requirements.txt"
+REGISTRY_SRC="$REPO_ROOT/tests/ecr-registry"
+REGISTRY_ACCOUNT=${TESTENV_REGISTRY_ACCOUNT:-123456789012}
+if [[ -n ${TESTENV_REGISTRY_REGIONS:-} ]]; then
+  REGISTRY_REGIONS=$TESTENV_REGISTRY_REGIONS
+elif [[ $AWS_REGION_DEFAULT == eu-west-1 ]]; then
+  REGISTRY_REGIONS="eu-west-1 us-east-1"
+else
+  REGISTRY_REGIONS="$AWS_REGION_DEFAULT eu-west-1"
+fi
+# The seeded image: repository and tag in every registry host.
+REGISTRY_REPO=testenv/hello
+REGISTRY_TAG=1.0
 
 KUBE_APISERVER_BIN="$CACHE/bin/kube-apiserver-$KUBE_VERSION"
 KUBECTL_BIN="$CACHE/bin/kubectl-$KUBE_VERSION"
@@ -212,6 +232,34 @@ build_venv() {
   touch "$venv/.complete"
 }
 
+# registry_dir: where the registry emulator and its seeded image live, keyed by
+# its sources and the Go version (a rebuild takes seconds).
+registry_dir() {
+  local sum
+  sum=$({ go version; cd "$REGISTRY_SRC" && find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) | sort | xargs sha256sum; } |
+    sha256sum | cut -c1-12)
+  printf '%s/registry-%s' "$CACHE" "$sum"
+}
+
+build_registry() {
+  local dir tmp
+  dir=$(registry_dir)
+  [[ -f $dir/.complete ]] && { log "ECR registry emulator: cached"; return 0; }
+  log "building the ECR registry emulator and its seeded image into $dir"
+  tmp="$dir.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (cd "$REGISTRY_SRC" &&
+    CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$tmp/ecr-registry" . >&2 &&
+    CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$tmp/hello" ./hello >&2)
+  "$tmp/ecr-registry" seed --program "$tmp/hello" --name hello --tag "$REGISTRY_TAG" \
+    --out "$tmp/layouts/$REGISTRY_REPO" >"$tmp/digest"
+  touch "$tmp/.complete"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+  log "seeded $REGISTRY_REPO:$REGISTRY_TAG $(cat "$dir/digest")"
+}
+
 cmd_build() {
   local start tool
   start=$(now)
@@ -237,13 +285,15 @@ cmd_build() {
     build_helm
   fi
   build_venv
+  build_registry
   flock -u 9
   exec 9>&-
   log "build done in $(($(now) - start))s (cache $CACHE)"
 }
 
 built() {
-  [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN && -x $ETCD_BIN && -x $HELM_BIN && -f $(venv_dir)/.complete ]]
+  [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN && -x $ETCD_BIN && -x $HELM_BIN && -f $(venv_dir)/.complete &&
+    -f $(registry_dir)/.complete ]]
 }
 
 # ---------------------------------------------------------------- up
@@ -374,6 +424,13 @@ wait_for() {
   log "$name: $what"
 }
 
+# registry_challenges CA PORT: GET /v2/ without credentials answers 401 with a Basic challenge
+registry_challenges() {
+  local out
+  out=$(curl -sS --max-time 2 --cacert "$1" -o /dev/null -D - "https://127.0.0.1:$2/v2/") || return 1
+  grep -q '^HTTP/[0-9.]* 401' <<<"$out" && grep -qi '^www-authenticate: Basic ' <<<"$out"
+}
+
 # Invoked by trap only.
 # shellcheck disable=SC2317
 up_cleanup() {
@@ -423,12 +480,24 @@ cmd_up() {
 
   local etcd_port peer_port api_port ecr_port adv
   read -r etcd_port peer_port api_port ecr_port <<<"$(free_ports 4)"
+  # One registry listener per ECR host: containerd sends the endpoint's address as
+  # Host, so the port says which registry (which region) a request is for.
+  local -a registry_hosts=() registry_ports=()
+  local region
+  for region in $REGISTRY_REGIONS; do
+    registry_hosts+=("$REGISTRY_ACCOUNT.dkr.ecr.$region.amazonaws.com")
+  done
+  read -r -a registry_ports <<<"$(free_ports "${#registry_hosts[@]}")"
   adv=${TESTENV_ADVERTISE_ADDRESS:-$(advertise_address)}
   printf 'https://127.0.0.1:%s\n' "$api_port" >"$dir/apiserver-url"
   printf 'http://127.0.0.1:%s\n' "$ecr_port" >"$dir/ecr-url"
 
   make_pki "$dir/pki"
   local pki=$dir/pki
+  local san="IP:127.0.0.1,DNS:localhost" h
+  for h in "${registry_hosts[@]}"; do san+=",DNS:$h"; done
+  sed "s/^subjectAltName=.*/subjectAltName=$san/" "$pki/serving.ext" >"$pki/registry.ext"
+  sign "$pki" "$pki" registry "/CN=ecr-registry" "$pki/registry.ext"
 
   start etcd "$ETCD_BIN" \
     --name=testenv \
@@ -446,6 +515,19 @@ cmd_up() {
     --control "$dir/ecr-control.json" \
     --calls "$dir/ecr-calls" \
     --log "$dir/ecr-calls.log"
+
+  local rdir i
+  rdir=$(registry_dir)
+  local -a listen=()
+  for i in "${!registry_hosts[@]}"; do
+    listen+=(--listen "${registry_hosts[$i]}=127.0.0.1:${registry_ports[$i]}")
+  done
+  start ecr-registry "$rdir/ecr-registry" serve \
+    --calls-log "$dir/ecr-calls.log" \
+    --cert "$pki/registry.crt" --key "$pki/registry.key" \
+    --repo "$REGISTRY_REPO=$rdir/layouts/$REGISTRY_REPO" \
+    "${listen[@]}" \
+    --ready-file "$dir/ecr-registry.json"
 
   wait_for etcd "healthy" curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
 
@@ -475,12 +557,22 @@ cmd_up() {
     --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "https://127.0.0.1:$api_port/readyz"
   wait_for ecr-emulator "healthy" curl -fsS --max-time 2 "http://127.0.0.1:$ecr_port/_emulator/health"
+  wait_for ecr-registry "listening" test -s "$dir/ecr-registry.json"
+  # Unauthenticated, the registry answers 401 with ECR's basic challenge.
+  wait_for ecr-registry "401 without credentials" registry_challenges "$pki/ca.crt" "${registry_ports[0]}"
+
+  local registry_list="" image_digest
+  for i in "${!registry_hosts[@]}"; do
+    registry_list+="${registry_list:+ }${registry_hosts[$i]}=127.0.0.1:${registry_ports[$i]}"
+  done
+  image_digest=$(cat "$rdir/digest")
 
   local key val
   {
     for key in KUBECONFIG AWS_ENDPOINT_URL_ECR AWS_ENDPOINT_URL_STS AWS_ENDPOINT_URL_ECR_PUBLIC \
       AWS_REGION AWS_DEFAULT_REGION AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_EC2_METADATA_DISABLED \
-      ECR_EMULATOR_CONTROL ECR_EMULATOR_CALLS ECR_EMULATOR_LOG TESTENV_DIR; do
+      ECR_EMULATOR_CONTROL ECR_EMULATOR_CALLS ECR_EMULATOR_LOG ECR_REGISTRY_CA ECR_REGISTRY_HOSTS \
+      ECR_REGISTRY_HOST ECR_REGISTRY_ADDRESS ECR_REGISTRY_IMAGE ECR_REGISTRY_IMAGE_DIGEST TESTENV_DIR; do
       case $key in
         KUBECONFIG) val="$dir/admin.kubeconfig" ;;
         AWS_ENDPOINT_URL_*) val="http://127.0.0.1:$ecr_port" ;;
@@ -491,6 +583,12 @@ cmd_up() {
         ECR_EMULATOR_CONTROL) val="$dir/ecr-control.json" ;;
         ECR_EMULATOR_CALLS) val="$dir/ecr-calls" ;;
         ECR_EMULATOR_LOG) val="$dir/ecr-calls.log" ;;
+        ECR_REGISTRY_CA) val="$pki/ca.crt" ;;
+        ECR_REGISTRY_HOSTS) val=$registry_list ;;
+        ECR_REGISTRY_HOST) val=${registry_hosts[0]} ;;
+        ECR_REGISTRY_ADDRESS) val="127.0.0.1:${registry_ports[0]}" ;;
+        ECR_REGISTRY_IMAGE) val="${registry_hosts[0]}/$REGISTRY_REPO:$REGISTRY_TAG" ;;
+        ECR_REGISTRY_IMAGE_DIGEST) val=$image_digest ;;
         TESTENV_DIR) val=$dir ;;
       esac
       printf 'export %s=%q\n' "$key" "$val"
@@ -500,7 +598,7 @@ cmd_up() {
     printf 'export PATH=%q:"$PATH"\n' "$dir/bin"
   } >"$dir/env"
   trap - EXIT INT TERM
-  log "ready: apiserver https://127.0.0.1:$api_port, etcd 127.0.0.1:$etcd_port, ECR emulator http://127.0.0.1:$ecr_port (advertise-address $adv)"
+  log "ready: apiserver https://127.0.0.1:$api_port, etcd 127.0.0.1:$etcd_port, ECR emulator http://127.0.0.1:$ecr_port, ECR registries $registry_list (advertise-address $adv)"
   cat "$dir/env"
 }
 
@@ -622,6 +720,31 @@ cmd_user() {
   printf '%s\n' "$users/$name.kubeconfig"
 }
 
+# ---------------------------------------------------------------- registry-hosts
+
+# containerd's registry host configuration (its `config_path`, ctr's --hosts-dir): for every
+# registry host, CERTS_D/<host>/hosts.toml sends pulls to the emulator's listener, trusting the
+# test CA. The emulator is the `server` itself, not a mirror in front of the real ECR, so a
+# refused pull never falls through to the internet.
+cmd_registry_hosts() {
+  local certs_d=${1:-}
+  [[ -n $certs_d ]] || die "registry-hosts: usage: registry-hosts CERTS_D"
+  [[ -n ${ECR_REGISTRY_HOSTS:-} && -f ${ECR_REGISTRY_CA:-} ]] ||
+    die "registry-hosts: ECR_REGISTRY_HOSTS and ECR_REGISTRY_CA are not set (eval \"\$(tests/testenv.sh up)\" first)"
+  local pair host addr
+  for pair in $ECR_REGISTRY_HOSTS; do
+    host=${pair%%=*} addr=${pair#*=}
+    mkdir -p "$certs_d/$host"
+    printf '%s\n' \
+      "# Written by tests/testenv.sh registry-hosts: $host is the ECR registry emulator." \
+      "server = \"https://$addr\"" \
+      "ca = \"$ECR_REGISTRY_CA\"" \
+      'capabilities = ["pull", "resolve"]' >"$certs_d/$host/hosts.toml.tmp"
+    mv "$certs_d/$host/hosts.toml.tmp" "$certs_d/$host/hosts.toml"
+    printf '%s\n' "$certs_d/$host/hosts.toml"
+  done
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
@@ -635,6 +758,7 @@ main() {
     down) cmd_down "$@" ;;
     run) cmd_run "$@" ;;
     user) cmd_user "$@" ;;
+    registry-hosts) cmd_registry_hosts "$@" ;;
     -h | --help | help) usage ;;
     *)
       usage

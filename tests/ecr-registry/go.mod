@@ -1,0 +1,3 @@
+module ecr-pull-secrets.test/ecr-registry
+
+go 1.24
