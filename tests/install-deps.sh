@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for the test environment and the demo: Debian packages
 # (only when a command is missing). Go, Rust and Python 3 are expected on the machine.
+# With --node, also what `tests/testenv.sh up --node` needs: runc, iptables, conntrack, iproute2.
 set -euo pipefail
+node=""
+if [[ ${1:-} == --node ]]; then node=1; fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -13,6 +16,13 @@ command -v flock >/dev/null || missing+=(util-linux)
 command -v ps >/dev/null || missing+=(procps)
 command -v promtool >/dev/null || missing+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [[ -n $node ]]; then
+  command -v runc >/dev/null || missing+=(runc)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+fi
 
 if ((${#missing[@]} > 0)); then
   log "installing ${missing[*]}"
