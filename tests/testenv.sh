@@ -766,6 +766,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.zf
 
 [plugins."io.containerd.cri.v1.runtime"]
   netns_mounts_under_state_dir = true
+  # Without CAP_SYS_RESOURCE (this machine's containers lack it) no process may lower its
+  # oom_score_adj, and runc fails to start the pause container at -998; keep scores >= ours.
+  restrict_oom_score_adj = true
   enable_cdi = false
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
@@ -773,7 +776,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.zf
       runtime_type = "io.containerd.runc.v2"
       snapshotter = "$NODE_SNAPSHOTTER"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
+        BinaryName = "${TESTENV_RUNC:-$(command -v runc)}"
         Root = "$c/runc"
         SystemdCgroup = false
   [plugins."io.containerd.cri.v1.runtime".cni]
@@ -922,6 +925,7 @@ SH
   read -r cm_port sched_port <<<"$ports"
   write_kubelet_config "$dir"
   write_kube_proxy_config "$dir"
+  node_make_cgroups
 
   start kubelet "$(kube_bin kubelet)" \
     --config="$dir/kubelet/config.yaml" \
@@ -1023,9 +1027,20 @@ node_teardown() {
   fi
   node_remove_cgroups
   node_remove_dead_shim_sockets
-  # libcni caches results in /var/lib/cni whatever the configuration says.
+  # Paths fixed in the code whatever the configuration says: libcni's result cache, the
+  # kubelet's device plugin socket and container log links, the netns directory of `ip netns`.
   rm -f /var/lib/cni/results/ecrtest-*
-  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  if [[ -n $dir && -d /var/log/containers ]]; then
+    find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null || true
+  fi
+  # `ip netns add` made /run/netns a mount point of its own; undo that once it holds nothing.
+  if [[ -d /run/netns ]] && [[ -z $(ls -A /run/netns) ]]; then
+    if mountpoint -q /run/netns; then umount /run/netns 2>/dev/null || true; fi
+  fi
+  # mount(8) made /run/mount for its utab.
+  rmdir /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
+    /var/log/containers /run/netns /run/mount 2>/dev/null || true
   node_probe_down
   node_iptables_clean
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
@@ -1084,6 +1099,20 @@ node_unmount_under() {
   for m in "${mounts[@]}"; do
     # mountinfo escapes spaces as \040; our paths have none.
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
+  done
+}
+
+# The kubelet's cgroupRoot must exist under every controller. A new cpuset cgroup has no CPUs
+# or memory nodes until it is given its parent's.
+node_make_cgroups() {
+  local ctl
+  for ctl in /sys/fs/cgroup/*/; do
+    [[ -f ${ctl}cgroup.procs ]] || continue
+    mkdir -p "$ctl$NODE_CGROUP"
+    if [[ -f ${ctl}cpuset.cpus ]]; then
+      cat "${ctl}cpuset.cpus" >"$ctl$NODE_CGROUP/cpuset.cpus"
+      cat "${ctl}cpuset.mems" >"$ctl$NODE_CGROUP/cpuset.mems"
+    fi
   done
 }
 
