@@ -37,6 +37,9 @@ check_clean() {
   done
   ! compgen -G '/sys/fs/cgroup/*/ecrtest-node' >/dev/null || fail "cgroups left: $(compgen -G '/sys/fs/cgroup/*/ecrtest-node')"
   [[ ! -e /run/ecr-testenv-node ]] || fail "/run/ecr-testenv-node left"
+  ! grep -rqs '/tmp/ecr-testenv\.' /var/lib/cni/results || fail "CNI result cache entries left in /var/lib/cni/results"
+  [[ ! -e /var/lib/kubelet/device-plugins/kubelet.sock ]] || fail "kubelet's device plugin socket left"
+  ! find /var/log/containers -maxdepth 1 -lname '/tmp/ecr-testenv.*' 2>/dev/null | grep -q . || fail "container log links left"
   ! compgen -G '/run/containerd/s/*' >/dev/null || fail "shim sockets left in /run/containerd/s"
 }
 
@@ -83,7 +86,9 @@ readyz=$(nsenter --target "$sandbox_pid" --net curl -fsS --max-time 5 --cacert "
 if nsenter --target "$sandbox_pid" --net ip route | grep -q '^default'; then
   fail "the pod has a default route: $(nsenter --target "$sandbox_pid" --net ip route)"
 fi
-pass "pod reaches https://10.0.0.1/readyz through kube-proxy, and has no default route"
+nsenter --target "$sandbox_pid" --net curl -fsS --max-time 5 "$AWS_ENDPOINT_URL_ECR/_emulator/health" >/dev/null ||
+  fail "the ECR emulator at $AWS_ENDPOINT_URL_ECR is not reachable from the pod"
+pass "pod reaches https://10.0.0.1/readyz through kube-proxy and the ECR emulator, and has no default route"
 
 tests/testenv.sh import-image "$(ls ~/.cache/ecr-pull-secrets/pause-*/pause.tar | head -n1)"
 ctr images ls -q | grep -qxF "$TESTENV_PAUSE_IMAGE" || fail "import-image: $TESTENV_PAUSE_IMAGE not listed"

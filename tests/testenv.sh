@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
 # Real test environment for ecr-pull-secrets: kube-apiserver + etcd built from
 # the Go module proxy, and the ECR emulator (moto wrapped by
-# tests/ecr-emulator/server.py), all on 127.0.0.1.
+# tests/ecr-emulator/server.py), all on 127.0.0.1; with --node also a real node.
 #
-#   tests/testenv.sh build               build and cache binaries and the venv
-#   eval "$(tests/testenv.sh up)"        start everything, export its settings
+#   tests/testenv.sh build [--node]      build and cache binaries and the venv
+#   eval "$(tests/testenv.sh up [--node])" start everything, export its settings
 #   tests/testenv.sh down [DIR]          stop what `up` started, remove DIR
-#   tests/testenv.sh run -- CMD ARGS...  up, run CMD, always down; CMD's exit code
+#   tests/testenv.sh run [--node] -- CMD ARGS...  up, run CMD, always down; CMD's exit code
 #   tests/testenv.sh user NAME [GROUP...] kubeconfig for a client-cert user
+#   tests/testenv.sh import-image TAR... load image archives into the node's containerd
 #   tests/testenv.sh venv                path of the emulator's venv (made by build)
 #   tests/testenv.sh helm                path of the helm binary (made by build)
+#
+# --node (root only, one per machine): kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy (iptables), containerd + runc + CNI plugins on a bridge
+# ecrtest0 (10.244.0.1/24) the environment creates; the API server and the
+# emulator then listen on 10.244.0.1 instead of 127.0.0.1. docs/testing.md.
 #
 # Everything built lives outside the repo, in
 #   ${ECR_PULL_SECRETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ecr-pull-secrets}
 # Versions: KUBE_VERSION (default v1.36.3), ETCD_VERSION (default v3.6.16),
-# HELM_VERSION (default v3.22.0).
+# HELM_VERSION (default v3.22.0), CONTAINERD_VERSION (default v2.2.9),
+# CNI_PLUGINS_VERSION (default v1.10.0).
 # `up` prints only `export` lines on stdout; diagnostics go to stderr. Its
 # directory, /tmp/ecr-testenv.XXXXXX, holds the PKI, the process logs
-# (etcd.log, kube-apiserver.log, ecr-emulator.log), pids and users/.
+# (etcd.log, kube-apiserver.log, ecr-emulator.log; with --node also
+# containerd.log, kubelet.log, kube-proxy.log, kube-controller-manager.log,
+# kube-scheduler.log), pids and users/.
 # Other settings: TESTENV_AWS_REGION (us-east-1), TESTENV_START_TIMEOUT (60 s
-# per component), TESTENV_STOP_TIMEOUT (10 s per process before KILL),
+# per component), TESTENV_NODE_START_TIMEOUT (180 s per node step),
+# TESTENV_STOP_TIMEOUT (10 s per process before KILL),
 # TESTENV_ADVERTISE_ADDRESS (default: a non-loopback IPv4 of this machine, else
-# 10.0.0.1), TESTENV_KEEP_ON_FAILURE=1 (keep the directory when `up` fails).
+# 10.0.0.1; without --node), TESTENV_KEEP_ON_FAILURE=1 (keep the directory when
+# `up` fails), TESTENV_RUNC (the runc binary containerd runs; default: runc on PATH).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -579,7 +590,10 @@ cmd_up() {
       --kubelet-client-key="$dir/pki/apiserver-kubelet-client.key")
   fi
   printf 'https://%s:%s\n' "$bind" "$api_port" >"$dir/apiserver-url"
-  printf 'http://127.0.0.1:%s\n' "$ecr_port" >"$dir/ecr-url"
+  # With a node the emulator listens on the bridge address, so that pods reach it too.
+  local ecr_host=127.0.0.1
+  if [[ -n $node ]]; then ecr_host=$NODE_IP; fi
+  printf 'http://%s:%s\n' "$ecr_host" "$ecr_port" >"$dir/ecr-url"
 
   make_pki "$dir/pki"
   local pki=$dir/pki
@@ -597,7 +611,7 @@ cmd_up() {
     --unsafe-no-fsync
 
   start ecr-emulator "$venv/bin/python" "$EMULATOR_DIR/server.py" \
-    --host 127.0.0.1 --port "$ecr_port" \
+    --host "$ecr_host" --port "$ecr_port" \
     --control "$dir/ecr-control.json" \
     --calls "$dir/ecr-calls" \
     --log "$dir/ecr-calls.log"
@@ -629,7 +643,7 @@ cmd_up() {
   wait_for kube-apiserver "/readyz ok" curl -fsS --max-time 5 \
     --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
     "https://$bind:$api_port/readyz"
-  wait_for ecr-emulator "healthy" curl -fsS --max-time 2 "http://127.0.0.1:$ecr_port/_emulator/health"
+  wait_for ecr-emulator "healthy" curl -fsS --max-time 2 "http://$ecr_host:$ecr_port/_emulator/health"
   if [[ -n $node ]]; then node_up "$dir"; fi
 
   local key val
@@ -639,7 +653,7 @@ cmd_up() {
       ECR_EMULATOR_CONTROL ECR_EMULATOR_CALLS ECR_EMULATOR_LOG TESTENV_DIR; do
       case $key in
         KUBECONFIG) val="$dir/admin.kubeconfig" ;;
-        AWS_ENDPOINT_URL_*) val="http://127.0.0.1:$ecr_port" ;;
+        AWS_ENDPOINT_URL_*) val="http://$ecr_host:$ecr_port" ;;
         AWS_REGION | AWS_DEFAULT_REGION) val=$AWS_REGION_DEFAULT ;;
         AWS_ACCESS_KEY_ID) val=AKIATESTENV000000001 ;;
         AWS_SECRET_ACCESS_KEY) val=testenv-secret-access-key-not-a-real-one ;;
@@ -667,7 +681,7 @@ cmd_up() {
     fi
   } >"$dir/env"
   trap - EXIT INT TERM
-  log "ready: apiserver $(cat "$dir/apiserver-url"), etcd 127.0.0.1:$etcd_port, ECR emulator http://127.0.0.1:$ecr_port (advertise-address $adv)${node:+, node $NODE_NAME Ready}"
+  log "ready: apiserver $(cat "$dir/apiserver-url"), etcd 127.0.0.1:$etcd_port, ECR emulator http://$ecr_host:$ecr_port (advertise-address $adv)${node:+, node $NODE_NAME Ready}"
   cat "$dir/env"
 }
 
@@ -1029,7 +1043,9 @@ node_teardown() {
   node_remove_dead_shim_sockets
   # Paths fixed in the code whatever the configuration says: libcni's result cache, the
   # kubelet's device plugin socket and container log links, the netns directory of `ip netns`.
-  rm -f /var/lib/cni/results/ecrtest-*
+  if [[ -d /var/lib/cni/results ]]; then
+    grep -lZ '"netns":"/tmp/ecr-testenv\.' /var/lib/cni/results/* 2>/dev/null | xargs -0r rm -f --
+  fi
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   if [[ -n $dir && -d /var/log/containers ]]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null || true
