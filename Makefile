@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-e2e test-demo testenv build audit bench
+.PHONY: demo test lint test-unit test-alerts test-emulator test-testenv test-testenv-node test-e2e test-demo testenv build audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
@@ -37,6 +37,13 @@ test-emulator: testenv
 ## the test environment itself: up, /readyz, RBAC refusing a stranger, down leaving nothing.
 test-testenv: testenv
 	tests/testenv-selftest.sh
+
+## the test environment's real node (root; not in `test`): up --node, a Ready node, pods, the
+## kubernetes Service through kube-proxy, down leaving nothing (docs/testing.md#a-real-node-up---node).
+test-testenv-node:
+	tests/install-deps.sh --node
+	$(TESTENV) build --node
+	tests/testenv-node-selftest.sh
 
 ## end to end: the real binary against kube-apiserver + etcd + the ECR emulator. Serial:
 ## the tests share one emulator and its call counter.
