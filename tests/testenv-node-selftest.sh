@@ -20,7 +20,7 @@ check_clean() {
     fi
   done
   for pid in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$pid/cmdline" 2>/dev/null | grep -qF "$dir/"; then
+    if { tr '\0' ' ' <"$pid/cmdline"; } 2>/dev/null | grep -qF "$dir/"; then
       fail "process ${pid#/proc/} ($(tr '\0' ' ' <"$pid/cmdline")) still names $dir"
     fi
   done
@@ -63,6 +63,24 @@ ip=$(kubectl get pod pause -n selftest -o jsonpath='{.status.podIP}')
 [[ $ip == 10.244.0.* ]] || fail "pod IP $ip is not in the pod CIDR"
 pass "pause pod Running at $ip"
 
+# A hostPort: CNI's portmap makes its chains (which down must remove).
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: hostport, namespace: selftest}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: pause
+    image: $TESTENV_PAUSE_IMAGE
+    imagePullPolicy: Never
+    ports: [{containerPort: 8080, hostPort: 18080}]
+YAML
+kubectl wait --for=jsonpath='{.status.phase}'=Running pod/hostport -n selftest --timeout=120s >/dev/null ||
+  fail "hostport pod not Running"
+iptables-save -t nat | grep -q 'CNI-HOSTPORT-DNAT' || fail "no portmap chain for the hostPort"
+pass "hostPort pod Running, portmap rules in place"
+
 # A Deployment: controller-manager -> ReplicaSet -> Pod, scheduled, with a mounted token.
 kubectl create deployment pauses -n selftest --image="$TESTENV_PAUSE_IMAGE" --replicas=2 >/dev/null
 kubectl patch deployment pauses -n selftest --type=json \
@@ -95,10 +113,10 @@ ctr images ls -q | grep -qxF "$TESTENV_PAUSE_IMAGE" || fail "import-image: $TEST
 pass "import-image"
 
 pids=$(awk '{print $2}' "$dir/pids")
-tests/testenv.sh down "$dir"
+tests/testenv.sh down "$dir" || fail "down $dir failed"
 trap - EXIT
 check_clean "$pids"
-pass "down left no process, mount, link, netns, iptables chain, cgroup or socket"
+pass "down left no process, mount, link, netns, iptables chain, cgroup, socket or kubelet file"
 
 # An interrupted run: processes killed, nothing cleaned. The next up --node must work.
 exports=$(tests/testenv.sh up --node)
@@ -118,8 +136,8 @@ dir=$TESTENV_DIR
   fail "node not Ready after a killed run"
 pass "up --node after a killed run"
 pids=$(awk '{print $2}' "$dir/pids")
-tests/testenv.sh down "$dir"
-tests/testenv.sh down "$first" 2>/dev/null || rm -rf "$first"
+tests/testenv.sh down "$dir" || fail "down $dir failed"
+[[ ! -d $first ]] || fail "up --node did not remove the killed run's $first"
 trap - EXIT
 check_clean "$pids"
 dir=$first

@@ -711,15 +711,19 @@ node_preflight() {
     command -v "$tool" >/dev/null || die "$tool is required for --node (tests/install-deps.sh --node installs it)"
   done
   (($(id -u) == 0)) || die "--node needs root (bridges, iptables, mounts, cgroups)"
-  if [[ -f $NODE_OWNER ]]; then
-    local other
-    other=$(cat "$NODE_OWNER")
-    if [[ -d $other && -f $other/pids ]] && node_alive "$other"; then
-      die "a node environment already runs in $other (tests/testenv.sh down $other)"
-    fi
+  local other=""
+  if [[ -f $NODE_OWNER ]]; then other=$(cat "$NODE_OWNER"); fi
+  if [[ -n $other && -f $other/pids ]] && node_alive "$other"; then
+    die "a node environment already runs in $other (tests/testenv.sh down $other)"
   fi
-  # Whatever an interrupted run left behind, found by the fixed names.
-  node_teardown "$(cat "$NODE_OWNER" 2>/dev/null || true)"
+  # Whatever an interrupted run left behind: its directory, whatever of it still runs, and
+  # what the fixed names find.
+  if [[ -n $other && -f $other/.ecr-testenv ]]; then
+    log "removing what the interrupted run in $other left"
+    stop_dir "$other" >&2
+  else
+    node_teardown ""
+  fi
 }
 
 # node_alive DIR: the kubelet or containerd of DIR still runs
@@ -1024,7 +1028,14 @@ node_overlay_works() {
 # node_teardown [DIR]: remove what a node environment made, by DIR (when given and still
 # there) and by the fixed names. Safe to run when nothing is left.
 node_teardown() {
-  local dir=${1:-} pid
+  local dir=${1:-} pid other=""
+  # A stale directory taken down while another node environment runs: only what is its own.
+  if [[ -f $NODE_OWNER ]]; then other=$(cat "$NODE_OWNER"); fi
+  if [[ -n $dir && -n $other && $other != "$dir" && -f $other/pids ]] && node_alive "$other"; then
+    node_kill_matching "$dir" ""
+    node_unmount_under "$dir"
+    return 0
+  fi
   if [[ -n $dir && -d $dir ]]; then
     # Containers: the processes in the pod cgroups, then the shims (their command line names
     # DIR's containerd socket), then containerd itself if it still runs.
@@ -1041,10 +1052,11 @@ node_teardown() {
   fi
   node_remove_cgroups
   node_remove_dead_shim_sockets
+  node_probe_down
   # Paths fixed in the code whatever the configuration says: libcni's result cache, the
   # kubelet's device plugin socket and container log links, the netns directory of `ip netns`.
   if [[ -d /var/lib/cni/results ]]; then
-    grep -lZ '"netns":"/tmp/ecr-testenv\.' /var/lib/cni/results/* 2>/dev/null | xargs -0r rm -f --
+    { grep -lZ '"netns":"/tmp/ecr-testenv\.' /var/lib/cni/results/* 2>/dev/null || true; } | xargs -0r rm -f --
   fi
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   if [[ -n $dir && -d /var/log/containers ]]; then
@@ -1057,7 +1069,6 @@ node_teardown() {
   # mount(8) made /run/mount for its utab.
   rmdir /var/lib/cni/results /var/lib/cni /var/lib/kubelet/device-plugins /var/lib/kubelet \
     /var/log/containers /run/netns /run/mount 2>/dev/null || true
-  node_probe_down
   node_iptables_clean
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   if [[ -n $dir && -f $dir/node-sysctls ]]; then
@@ -1157,27 +1168,43 @@ node_remove_dead_shim_sockets() {
   rmdir /run/containerd 2>/dev/null || true
 }
 
-# The chains kube-proxy, the kubelet, CNI's portmap and node_network_up made: first the jumps to
-# them from the built-in chains, then the chains.
+# The chains kube-proxy, the kubelet, CNI's portmap and node_network_up made, in iptables and
+# ip6tables: every KUBE-* and ECRTEST-* chain, the CNI-DN-* chains of our network, and portmap's shared CNI-HOSTPORT-* chains once no other network's rule is
+# in them. First the rules that jump to those chains, then the chains.
 node_iptables_clean() {
-  local cmd table line chain
+  local cmd table rules line chain
   if [[ -x $(kube_bin kube-proxy) ]]; then
     "$(kube_bin kube-proxy)" --cleanup >/dev/null 2>&1 || true
   fi
   for cmd in iptables ip6tables; do
     command -v "$cmd" >/dev/null || continue
     for table in filter nat mangle raw; do
-      "$cmd-save" -t "$table" >/dev/null 2>&1 || continue
+      rules=$("$cmd-save" -t "$table" 2>/dev/null) || continue
+      local -A ours=()
+      while IFS= read -r chain; do ours[$chain]=1; done < <(
+        awk '/^:(KUBE-|ECRTEST-)/ { print substr($1, 2) }' <<<"$rules"
+        # portmap's per-pod chains: the jumps to them carry the network's name; their DNAT
+        # rules point into our pod CIDR (enough once the jump is gone)
+        grep -E 'name: \\"ecrtest\\"' <<<"$rules" | sed -nE 's/.* -j (CNI-DN-[^ ]+).*/\1/p'
+        grep -E "^-A CNI-DN-[^ ]+ .*--to-destination ${POD_CIDR%.*}\\." <<<"$rules" | awk '{ print $2 }')
+      # portmap's shared chains are ours to remove when only our rules use them
+      if grep -q '^:CNI-HOSTPORT-DNAT' <<<"$rules" &&
+        ! grep -E '^-A CNI-HOSTPORT-DNAT ' <<<"$rules" | grep -vq 'name: \\"ecrtest\\"'; then
+        while IFS= read -r chain; do ours[$chain]=1; done < <(awk '/^:CNI-HOSTPORT-/ { print substr($1, 2) }' <<<"$rules")
+      fi
+      ((${#ours[@]} > 0)) || continue
       while IFS= read -r line; do
+        local from target
+        from=$(awk '{ print $2 }' <<<"$line")
+        target=$(sed -nE 's/.* -[jg] ([^ ]+).*/\1/p' <<<"$line")
+        [[ -n $target && -n $from ]] || continue
+        [[ -n ${ours[$target]:-} && -z ${ours[$from]:-} ]] || continue
         # the rule as iptables-save printed it, quotes and all
-        eval "\"\$cmd\" -w -t \"\$table\" -D ${line#-A }" 2>/dev/null || true
-      done < <("$cmd-save" -t "$table" | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j (KUBE-|CNI-|ECRTEST-)')
-      while IFS= read -r chain; do
-        "$cmd" -w -t "$table" -F "$chain" 2>/dev/null || true
-      done < <("$cmd-save" -t "$table" | awk '/^:(KUBE-|CNI-|ECRTEST-)/ { print substr($1, 2) }')
-      while IFS= read -r chain; do
-        "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || true
-      done < <("$cmd-save" -t "$table" | awk '/^:(KUBE-|CNI-|ECRTEST-)/ { print substr($1, 2) }')
+        eval "\"\$cmd\" -w -t \"\$table\" -D ${line#-A }" 2>/dev/null || log "could not delete $cmd -t $table $line"
+      done < <(grep -E '^-A .* -[jg] (KUBE-|ECRTEST-|CNI-)' <<<"$rules")
+      for chain in "${!ours[@]}"; do "$cmd" -w -t "$table" -F "$chain" 2>/dev/null || true; done
+      for chain in "${!ours[@]}"; do "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || log "could not delete chain $chain ($cmd -t $table)"; done
+      unset ours
     done
   done
 }
