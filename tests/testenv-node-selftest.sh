@@ -3,7 +3,8 @@
 # runs (on the locally built pause image, never pulled), pods get the kubernetes Service
 # through kube-proxy, an imported image is listed; `down` leaves no process, mount, bridge,
 # network namespace, iptables chain or cgroup behind; and `up --node` after a run killed
-# without `down` starts clean. Needs root (bridges, iptables, mounts, cgroups).
+# without `down`, or after an `up` killed half-way, starts clean. Needs root (bridges, iptables,
+# mounts, cgroups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -143,4 +144,29 @@ check_clean "$pids"
 dir=$first
 check_clean ""
 pass "down after that left nothing behind"
+# An up killed (SIGKILL, no trap runs) once its kubelet started: the next up --node removes it.
+tests/testenv.sh up --node >/dev/null 2>"${TMPDIR:-/tmp}/node-selftest-up.err" &
+up_pid=$!
+killed=""
+for _ in $(seq 1 600); do
+  killed=$(sed -n 's/^testenv: dir //p' "${TMPDIR:-/tmp}/node-selftest-up.err")
+  if [[ -n $killed && -f $killed/pids ]] && grep -q '^kubelet ' "$killed/pids"; then break; fi
+  kill -0 "$up_pid" 2>/dev/null || fail "up --node ended before its kubelet started"
+  sleep 0.1
+done
+kill -KILL "$up_pid"
+wait "$up_pid" 2>/dev/null || true
+rm -f "${TMPDIR:-/tmp}/node-selftest-up.err"
+exports=$(tests/testenv.sh up --node) || fail "up --node after a killed up failed"
+eval "$exports"
+dir=$TESTENV_DIR
+trap 'tests/testenv.sh down "$dir" >/dev/null 2>&1 || true' EXIT
+[[ ! -d $killed ]] || fail "up --node did not remove the killed up's $killed"
+pids=$(awk '{print $2}' "$dir/pids")
+tests/testenv.sh down "$dir" || fail "down $dir failed"
+trap - EXIT
+check_clean "$pids"
+dir=$killed
+check_clean ""
+pass "up --node after a killed up, and down after it leaving nothing"
 echo "testenv-node-selftest: $passed passed, 0 failed"

@@ -568,6 +568,8 @@ cmd_up() {
   local dir=$TESTENV_DIR_
   : >"$dir/pids"
   : >"$dir/.ecr-testenv"
+  # Until up is done: who is making this environment (a killed up leaves it behind).
+  printf '%s\n' "$$" >"$dir/up.pid"
   log "dir $dir"
   if [[ -n $node ]]; then
     printf '%s\n' "$dir" >"$NODE_OWNER"
@@ -680,6 +682,7 @@ cmd_up() {
       printf 'export TESTENV_PAUSE_IMAGE=%q\n' "$PAUSE_IMAGE"
     fi
   } >"$dir/env"
+  rm -f "$dir/up.pid"
   trap - EXIT INT TERM
   log "ready: apiserver $(cat "$dir/apiserver-url"), etcd 127.0.0.1:$etcd_port, ECR emulator http://$ecr_host:$ecr_port (advertise-address $adv)${node:+, node $NODE_NAME Ready}"
   cat "$dir/env"
@@ -713,7 +716,7 @@ node_preflight() {
   (($(id -u) == 0)) || die "--node needs root (bridges, iptables, mounts, cgroups)"
   local other=""
   if [[ -f $NODE_OWNER ]]; then other=$(cat "$NODE_OWNER"); fi
-  if [[ -n $other && -f $other/pids ]] && node_alive "$other"; then
+  if [[ -n $other && -f $other/pids ]] && node_alive "$other" && ! abandoned "$other"; then
     die "a node environment already runs in $other (tests/testenv.sh down $other)"
   fi
   # Whatever an interrupted run left behind: its directory, whatever of it still runs, and
@@ -724,6 +727,18 @@ node_preflight() {
   else
     node_teardown ""
   fi
+}
+
+# abandoned DIR: the up that was making DIR, or the run that DIR lived for, was killed
+abandoned() {
+  local dir=$1 f pid
+  for f in up.pid run.pid; do
+    [[ -f $dir/$f ]] || continue
+    pid=$(cat "$dir/$f")
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if ! { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF testenv.sh; then return 0; fi
+  done
+  return 1
 }
 
 # node_alive DIR: the kubelet or containerd of DIR still runs
@@ -1287,6 +1302,8 @@ cmd_run() {
   local env_lines
   env_lines=$("$SCRIPT_PATH" up ${node:+--node})
   eval "$env_lines"
+  # The environment lives as long as this run: a killed run leaves it behind.
+  printf '%s\n' "$$" >"$TESTENV_DIR/run.pid"
   trap '"$SCRIPT_PATH" down "$TESTENV_DIR" || true' EXIT
   # The command runs as a child we wait for, so that a signal sent to this
   # script is handled at once (passed on to the command) instead of after the
