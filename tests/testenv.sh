@@ -250,7 +250,7 @@ build_containerd() {
 }
 
 build_cni() {
-  local ver=$CNI_PLUGINS_VERSION tmp p start
+  local ver=$CNI_PLUGINS_VERSION tmp start
   [[ $ver =~ ^v1\.[0-9]+\.[0-9]+$ ]] || die "CNI_PLUGINS_VERSION must look like v1.X.Y, got $ver"
   tmp="$CNI_BIN_DIR.tmp"
   rm -rf "$tmp"
@@ -338,7 +338,8 @@ cmd_build() {
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.build.lock"
   flock 9
-  local -a kube_missing=() name
+  local name
+  local -a kube_missing=()
   for name in kube-apiserver kubectl ${node:+"${NODE_KUBE_NAMES[@]}"}; do
     [[ -x $(kube_bin "$name") ]] || kube_missing+=("$name")
   done
