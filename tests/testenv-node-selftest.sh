@@ -62,7 +62,8 @@ kubectl wait --for=jsonpath='{.status.phase}'=Running pod/pause -n selftest --ti
   fail "pause pod not Running: $(kubectl get pod pause -n selftest -o yaml | tail -30)"
 ip=$(kubectl get pod pause -n selftest -o jsonpath='{.status.podIP}')
 [[ $ip == 10.244.0.* ]] || fail "pod IP $ip is not in the pod CIDR"
-pass "pause pod Running at $ip"
+kubectl logs pause -n selftest >/dev/null || fail "kubectl logs (API server -> kubelet) failed"
+pass "pause pod Running at $ip, its logs readable through the kubelet"
 
 # A hostPort: CNI's portmap makes its chains (which down must remove).
 kubectl apply -f - >/dev/null <<YAML
@@ -112,6 +113,10 @@ pass "pod reaches https://10.0.0.1/readyz through kube-proxy and the ECR emulato
 tests/testenv.sh import-image "$(ls ~/.cache/ecr-pull-secrets/pause-*/pause.tar | head -n1)"
 ctr images ls -q | grep -qxF "$TESTENV_PAUSE_IMAGE" || fail "import-image: $TESTENV_PAUSE_IMAGE not listed"
 pass "import-image"
+
+# Nothing looked a name up in DNS (the only DNS server here is off the machine).
+if grep -H 'dial tcp: lookup' "$dir"/*.log | head -3 | grep .; then fail "a component looked a name up in DNS"; fi
+pass "no component looked a name up in DNS"
 
 pids=$(awk '{print $2}' "$dir/pids")
 tests/testenv.sh down "$dir" || fail "down $dir failed"

@@ -588,7 +588,8 @@ cmd_up() {
   local -a node_flags=(--disable-admission-plugins=ServiceAccount)
   if [[ -n $node ]]; then
     bind=$NODE_IP adv=$NODE_IP reconciler=lease authz=Node,RBAC
-    node_flags=(--enable-admission-plugins=NodeRestriction
+    # The kubelet by its IP: its host name would go to this machine's DNS server, off the machine.
+    node_flags=(--enable-admission-plugins=NodeRestriction --kubelet-preferred-address-types=InternalIP
       --kubelet-client-certificate="$dir/pki/apiserver-kubelet-client.crt"
       --kubelet-client-key="$dir/pki/apiserver-kubelet-client.key")
   fi
