@@ -4,15 +4,16 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-demo testenv build image audit bench
+.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo testenv testenv-node build image audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
 	tests/demo.sh
 
-## test: every tier: lint, unit + component, emulators, image, end to end, demo smoke run.
-test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-demo
+## test: every tier: lint, unit + component, emulators, image, end to end, the real node (root),
+## demo smoke run.
+test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-testenv-node test-node test-demo
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -48,6 +49,23 @@ test-image: testenv
 ## the test environment itself: up, /readyz, RBAC refusing a stranger, down leaving nothing.
 test-testenv: testenv
 	tests/testenv-selftest.sh
+
+## the test environment's real node (root; not in `test`): up --node, a Ready node, pods, the
+## kubernetes Service through kube-proxy, down leaving nothing (docs/testing.md#a-real-node-up---node).
+test-testenv-node: testenv-node
+	tests/testenv-node-selftest.sh
+
+testenv-node:
+	tests/install-deps.sh --node
+	$(TESTENV) build --node
+
+## the product as shipped on the real node (root): the image imported into containerd, the
+## shipped Deployment and Helm chart started by the kubelet, pulls from the ECR registry
+## emulator with the Secret we write (tests/e2e_node.rs).
+test-node: testenv-node
+	$(CARGO) build --locked --tests
+	tests/image.sh build >/dev/null
+	$(TESTENV) run --node -- $(CARGO) test --locked --test e2e_node -- --test-threads=1 --nocapture
 
 ## end to end: the real binary against kube-apiserver + etcd + the ECR emulator. Serial:
 ## the tests share one emulator and its call counter.

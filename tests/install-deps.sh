@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for the test environment and the demo: Debian packages
 # (only when a command is missing). Go, Rust and Python 3 are expected on the machine.
+# With --node, also what `tests/testenv.sh up --node` needs: runc, iptables, conntrack, iproute2.
 set -euo pipefail
+node=""
+if [[ ${1:-} == --node ]]; then node=1; fi
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -18,6 +21,13 @@ command -v buildah >/dev/null || missing+=(buildah)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v strip >/dev/null || missing+=(binutils)
+if [[ -n $node ]]; then
+  command -v runc >/dev/null || missing+=(runc)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+fi
 
 if ((${#missing[@]} > 0)); then
   log "installing ${missing[*]}"
