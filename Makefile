@@ -4,16 +4,21 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo testenv testenv-node build image audit bench
+.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
 demo:
 	tests/demo.sh
 
+## demo-node: the image on a real node (root), ending with a pod pulling a private ECR image
+## through the secret; Ctrl-C stops it.
+demo-node:
+	tests/demo-node.sh
+
 ## test: every tier: lint, unit + component, emulators, image, end to end, the real node (root),
 ## demo smoke run.
-test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-testenv-node test-node test-demo
+test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-testenv-node test-node test-demo test-demo-node
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -74,6 +79,10 @@ E2E_TESTS := $(filter-out e2e_node,$(basename $(notdir $(wildcard tests/e2e_*.rs
 test-e2e: testenv
 	$(CARGO) build --locked --bins --tests
 	$(TESTENV) run -- $(CARGO) test --locked $(addprefix --test ,$(E2E_TESTS)) -- --test-threads=1
+
+## the node demo (`make demo-node`), bounded in time.
+test-demo-node: testenv-node
+	DEMO_DURATION=1 tests/demo-node.sh
 
 ## the README's first command, bounded in time.
 test-demo: testenv
