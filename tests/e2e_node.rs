@@ -59,7 +59,7 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 /// Builds the image (cached by tests/image.sh) and imports it into the node's containerd, once.
-fn import_image(node: &Node) {
+fn import_image() {
     static IMPORTED: OnceLock<()> = OnceLock::new();
     IMPORTED.get_or_init(|| {
         let started = Instant::now();
@@ -146,7 +146,7 @@ async fn leader(client: &Client) -> Option<String> {
 /// `kubectl apply -k tests/node` (the shipped base plus the test overlay), then two Ready
 /// replicas and one leader. Returns the seconds until both were Ready.
 async fn deploy_with_kustomize(client: &Client, node: &Node) -> f64 {
-    import_image(node);
+    import_image();
     let started = Instant::now();
     kubectl(&[
         "apply",
@@ -482,7 +482,7 @@ async fn the_helm_chart_runs_ready_under_the_kubelet() {
         return;
     };
     let client = client().await;
-    import_image(&node);
+    import_image();
     let helm = run(repo().join("tests/testenv.sh").to_str().unwrap(), &["helm"]);
     let helm = helm.trim();
     let started = Instant::now();
