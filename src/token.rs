@@ -547,6 +547,20 @@ impl RetryRule {
 }
 
 impl Backoff {
+    /// The exponential backoff alone, before the rules around expiry: from `initial` (or
+    /// `configuration_initial`) doubling up to `max`.
+    fn plain(&self, class: ErrorClass, attempt: u32, random: f64) -> Duration {
+        let initial = match class {
+            ErrorClass::Transient => self.initial,
+            ErrorClass::Configuration => self.configuration_initial,
+        };
+        Exponential {
+            initial,
+            max: self.max,
+        }
+        .delay(attempt, random)
+    }
+
     /// Delay before retry number `attempt` (0-based) after an error of `class`, at `now`, when
     /// the last good token expires at `last_good_expiry` (`None`: there never was one).
     /// `random` is in `[0, 1)`. Guarantees: `now + delay <= max(now, last_good_expiry) +
@@ -561,15 +575,7 @@ impl Backoff {
         random: f64,
     ) -> (Duration, RetryRule) {
         let random = random.clamp(0.0, 1.0);
-        let initial = match class {
-            ErrorClass::Transient => self.initial,
-            ErrorClass::Configuration => self.configuration_initial,
-        };
-        let backoff = Exponential {
-            initial,
-            max: self.max,
-        }
-        .delay(attempt, random);
+        let backoff = self.plain(class, attempt, random);
         let urgent = || backoff.min(self.urgent_max.mul_f64(0.5 + 0.5 * random));
         let Some(expiry) = last_good_expiry else {
             return (urgent(), RetryRule::NoToken);
@@ -938,15 +944,7 @@ pub(crate) mod tests {
         for class in [ErrorClass::Transient, ErrorClass::Configuration] {
             for attempt in [0, 1, 2, 3, 5, 8, 12, 40] {
                 for random in [0.0, 0.1, 0.37, 0.5, 0.83, 0.999, 1.0] {
-                    let initial = match class {
-                        ErrorClass::Transient => b.initial,
-                        ErrorClass::Configuration => b.configuration_initial,
-                    };
-                    let plain = Exponential {
-                        initial,
-                        max: b.max,
-                    }
-                    .delay(attempt, random);
+                    let plain = b.plain(class, attempt, random);
                     for &offset in &offsets {
                         // `offset` seconds until the last good token expires (negative: ago).
                         let expiry = if offset >= 0.0 {

@@ -5,6 +5,8 @@
 //! the plain rules file unchanged, and every metric the alerts and the Grafana dashboard query
 //! is one the controller exports.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -366,20 +368,6 @@ fn documents(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A CEL list of string literals (`['a', 'b']`) as its strings.
-fn cel_strings(list: &str) -> Vec<String> {
-    let inner = list
-        .trim()
-        .strip_prefix('[')
-        .and_then(|l| l.strip_suffix(']'))
-        .unwrap_or_else(|| panic!("{list:?} is not a CEL list"));
-    inner
-        .split(',')
-        .map(|item| item.trim().trim_matches(['\'', '"']).to_string())
-        .filter(|item| !item.is_empty())
-        .collect()
-}
-
 #[test]
 fn admission_policy_allows_the_cluster_roles_names_to_the_bound_service_account() {
     let common = documents("deploy/common.yaml");
@@ -413,7 +401,7 @@ fn admission_policy_allows_the_cluster_roles_names_to_the_bound_service_account(
         .map(|n| n.as_str().unwrap().to_string())
         .collect();
     assert_eq!(
-        cel_strings(names["expression"].as_str().unwrap()),
+        support::cel_strings(names["expression"].as_str().unwrap()),
         role_names,
         "deploy/admission-policy.yaml's names must equal the ClusterRole's Secret resourceNames \
          in deploy/common.yaml"

@@ -258,20 +258,6 @@ fn documented(names: &Names) -> BTreeSet<Grant> {
     grants
 }
 
-/// A CEL list of string literals (`['a', 'b']` or `["a","b"]`) as its strings.
-fn cel_strings(list: &str) -> BTreeSet<String> {
-    let inner = list
-        .trim()
-        .strip_prefix('[')
-        .and_then(|l| l.strip_suffix(']'))
-        .unwrap_or_else(|| panic!("{list:?} is not a CEL list"));
-    inner
-        .split(',')
-        .map(|item| item.trim().trim_matches(['\'', '"']).to_string())
-        .filter(|item| !item.is_empty())
-        .collect()
-}
-
 /// What a policy enforces, without what is configured (names, adoption, the ServiceAccount) and
 /// the messages (their fix names the kustomize overlay or the Helm value).
 fn policy_rules(policy: &Value) -> Value {
@@ -332,7 +318,7 @@ fn assert_policy_matches_rbac(what: &str, objects: &[Value]) {
         .map(|grant| grant.3)
         .collect();
     assert_eq!(
-        cel_strings(names),
+        cel_strings(names).into_iter().collect::<BTreeSet<_>>(),
         by_name,
         "{what}: the admission policy's names must equal the ClusterRole's Secret resourceNames"
     );
