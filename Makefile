@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit bench
+.PHONY: demo demo-node test check-layers lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
@@ -20,13 +20,18 @@ demo-node:
 ## demo smoke run.
 test: lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-e2e test-testenv-node test-node test-demo test-demo-node
 
+## the source layout: no import cycle between the files of src/, layers only depend downwards
+## (tests/layout.rs); prints the import graph.
+check-layers:
+	$(CARGO) test --locked --test layout -- --nocapture
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
 ## unit tests (src/) and component tests (kube through a scripted API server).
 test-unit:
-	$(CARGO) test --locked --lib --bins --test component --test deploy
+	$(CARGO) test --locked --lib --bins --test component --test deploy --test layout
 
 ## alert rules: syntax, and a firing and a quiet case per alert (promtool from Debian's prometheus).
 test-alerts:

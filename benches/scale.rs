@@ -786,7 +786,7 @@ async fn serve_resources(
     expected: usize,
     controller_namespace: &str,
 ) -> ResourcesRun {
-    use ecr_pull_secrets::crd::EcrPullSecret;
+    use ecr_pull_secrets::core::crd::EcrPullSecret;
     let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
     for args in [
         vec!["apply", "--server-side", "-f", crd.to_str().unwrap()],

@@ -1,29 +1,19 @@
 //! ecr-pull-secrets: keeps Amazon ECR image pull secrets valid in every selected namespace.
 //!
-//! One token per region is fetched and kept fresh ([`token`]), rendered once into a docker
-//! config ([`render`]), and written into every namespace that [`selection`] picks
-//! ([`reconcile`]). [`run`] wires these together.
+//! Layers, each depending only on those below it (`make check-layers` checks this):
+//!
+//! - [`cli`]: the commands and their flags;
+//! - [`controller`]: pipelines, reconciling a namespace, the EcrPullSecret supervisor;
+//! - [`aws`] and [`k8s`]: I/O with AWS and with the API server;
+//! - [`telemetry`]: metrics and probe health, which every layer records into;
+//! - [`core`]: pure logic: pipeline configuration, tokens, rendering, selection, ownership.
 
-pub mod admin;
-pub mod backoff;
-pub mod check;
-pub mod cleanup;
-pub mod config;
-pub mod crd;
-pub mod credentials;
-pub mod events;
-pub mod leader;
-pub mod metrics;
-pub mod reconcile;
-pub mod registry;
-pub mod render;
-pub mod resources;
-pub mod run;
-pub mod secret_cache;
-pub mod selection;
-pub mod service_account;
-pub mod status;
-pub mod token;
+pub mod aws;
+pub mod cli;
+pub mod controller;
+pub mod core;
+pub mod k8s;
+pub mod telemetry;
 
 /// Errors a user or operator sees. Each says what was wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +21,7 @@ pub enum Error {
     #[error("configuration error: {0}")]
     Config(String),
     #[error(transparent)]
-    Credentials(#[from] credentials::CredentialsError),
+    Credentials(#[from] aws::credentials::CredentialsError),
     #[error("{context}: {source}")]
     Kube {
         context: String,

@@ -2,14 +2,14 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ecr_pull_secrets::config::{Cli, Command, LogArgs, LogFormat};
+use ecr_pull_secrets::cli::args::{Cli, Command, LogArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// RUST_LOG wins over --log-level; either, when invalid, is an error rather than silence.
 fn log_filter(args: &LogArgs) -> Result<EnvFilter, String> {
     match std::env::var("RUST_LOG") {
         Ok(value) if !value.trim().is_empty() => {
-            ecr_pull_secrets::config::parse_log_level(&value)
+            ecr_pull_secrets::cli::args::parse_log_level(&value)
                 .map_err(|e| format!("RUST_LOG: {e}"))?;
             EnvFilter::try_new(value).map_err(|e| format!("RUST_LOG: {e}"))
         }
@@ -48,22 +48,22 @@ async fn main() -> ExitCode {
         std::process::exit(101);
     }));
     let result = match cli.command {
-        Command::Run(args) => ecr_pull_secrets::run::run(args)
+        Command::Run(args) => ecr_pull_secrets::cli::run::run(args)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Cleanup(args) => ecr_pull_secrets::cleanup::cleanup(&args)
+        Command::Cleanup(args) => ecr_pull_secrets::cli::cleanup::cleanup(&args)
             .await
             .map(|_| ExitCode::SUCCESS),
         // Exit 3 when some selected namespace is not in sync (see `status --help`).
-        Command::Status(args) => ecr_pull_secrets::status::status(&args)
+        Command::Status(args) => ecr_pull_secrets::cli::status::status(&args)
             .await
             .map(|report| ExitCode::from(report.exit_code())),
         Command::Crd => {
-            print!("{}", ecr_pull_secrets::crd::crd_yaml());
+            print!("{}", ecr_pull_secrets::core::crd::crd_yaml());
             Ok(ExitCode::SUCCESS)
         }
         // The report on stdout is the whole answer; its exit code says whether all passed.
-        Command::Check(args) => Ok(if ecr_pull_secrets::check::check(&args).await {
+        Command::Check(args) => Ok(if ecr_pull_secrets::cli::check::check(&args).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -7,19 +7,17 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ecr_pull_secrets::backoff::{Exponential, Gate};
-use ecr_pull_secrets::events::Events;
-use ecr_pull_secrets::leader::Fence;
-use ecr_pull_secrets::metrics::Metrics;
-use ecr_pull_secrets::reconcile::{
-    Context, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Outcome, WriteLimiter, Written,
-    ours,
-};
-use ecr_pull_secrets::render::{Rendered, render};
-use ecr_pull_secrets::secret_cache::SecretCache;
-use ecr_pull_secrets::selection::Selection;
-use ecr_pull_secrets::service_account::Targets;
-use ecr_pull_secrets::token::Token;
+use ecr_pull_secrets::controller::reconcile::{Context, Outcome, WriteLimiter, Written};
+use ecr_pull_secrets::core::backoff::{Exponential, Gate};
+use ecr_pull_secrets::core::meta::{FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, ours};
+use ecr_pull_secrets::core::render::{Rendered, render};
+use ecr_pull_secrets::core::selection::{FLAGS, Selection};
+use ecr_pull_secrets::core::service_accounts::Targets;
+use ecr_pull_secrets::core::token::Token;
+use ecr_pull_secrets::k8s::events::Events;
+use ecr_pull_secrets::k8s::leader::Fence;
+use ecr_pull_secrets::k8s::secret_cache::SecretCache;
+use ecr_pull_secrets::telemetry::metrics::Metrics;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
@@ -340,7 +338,7 @@ async fn data_edited_by_another_field_manager_is_restored() {
 
 #[tokio::test]
 async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition() {
-    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
     let (ctx, mut server) = context(World {
         selection: excluded,
         desired: Some(rendered()),
@@ -370,7 +368,7 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
     assert_no_more_requests(ctx, server).await;
 
     // A foreign Secret in an excluded namespace is not ours to delete.
-    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
     let (ctx, server) = context(World {
         selection: excluded,
         desired: Some(rendered()),
@@ -386,7 +384,7 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
 
 #[tokio::test]
 async fn excluded_terminating_and_tokenless_namespaces_cost_no_request() {
-    let excluded = Selection::new(&[], &["team-a".to_string()], None).unwrap();
+    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
     let (ctx, server) = context(World {
         selection: excluded,
         desired: Some(rendered()),
@@ -650,7 +648,7 @@ async fn our_label_set_by_someone_else_does_not_make_a_secret_ours() {
     assert_no_more_requests(ctx, server).await;
     // Opted out or excluded: never deleted.
     let (ctx, server) = context(World {
-        selection: Selection::new(&[], &["team-a".to_string()], None).unwrap(),
+        selection: Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap(),
         desired: Some(desired),
         secrets: vec![copied],
         ..World::default()
@@ -719,7 +717,7 @@ async fn an_expired_token_is_written_and_reported_as_expired() {
 /// watch backs off), every failure counts, the problem names the verb and clears once allowed.
 #[tokio::test(start_paused = true)]
 async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
-    use ecr_pull_secrets::credentials::SecretCredentials;
+    use ecr_pull_secrets::aws::credentials::SecretCredentials;
 
     #[derive(Default)]
     struct Seen {
@@ -856,9 +854,20 @@ async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
 #[test]
 fn every_watch_in_src_backs_off() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
     let mut watches = 0;
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         for (at, _) in text.match_indices("watcher(") {
             let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);

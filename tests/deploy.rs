@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::Parser;
-use ecr_pull_secrets::config::{Cli, Command};
-use ecr_pull_secrets::crd::EcrPullSecret;
-use ecr_pull_secrets::metrics::Metrics;
+use ecr_pull_secrets::cli::args::{Cli, Command};
+use ecr_pull_secrets::core::crd::EcrPullSecret;
+use ecr_pull_secrets::telemetry::metrics::Metrics;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -201,10 +201,10 @@ fn dashboard_queries_only_exported_metrics() {
 
 #[test]
 fn shipped_crd_is_the_generated_one() {
-    let generated = ecr_pull_secrets::crd::crd_yaml();
+    let generated = ecr_pull_secrets::core::crd::crd_yaml();
     assert!(
         read("deploy/crd/ecrpullsecrets.yaml") == generated,
-        "deploy/crd/ecrpullsecrets.yaml is stale (src/crd.rs changed): regenerate it with \
+        "deploy/crd/ecrpullsecrets.yaml is stale (src/core/crd.rs changed): regenerate it with \
          `cargo run -q -- crd > deploy/crd/ecrpullsecrets.yaml`"
     );
     assert!(
@@ -252,7 +252,7 @@ fn examples_make_valid_configurations() {
     assert_eq!(examples.len(), 3, "{examples:?}");
     for (file, resource) in examples {
         // What the controller does with the spec: globs, the label selector, durations.
-        if let Err(e) = resource.spec.to_run_args(&base) {
+        if let Err(e) = resource.spec.pipeline(&file, &base.inherited()) {
             panic!("{file}: {e}");
         }
     }

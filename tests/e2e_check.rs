@@ -173,7 +173,7 @@ fn assert_expiry(line: &str, calls: &[Value], service: &str, region: &str) {
         .unwrap_or_else(|| panic!("no {service} call in {region}"));
     let issued = call["expires_at"].as_f64().unwrap();
     assert!((issued - printed).abs() < 1.0, "{line}: issued {issued}");
-    assert!(line.contains("(in 11h 59m)"), "{line}");
+    assert!(line.contains("(in 11h59m)"), "{line}");
 }
 
 #[tokio::test]

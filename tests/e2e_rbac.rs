@@ -327,7 +327,7 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
 /// admission policy does not.
 #[tokio::test]
 async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() {
-    use ecr_pull_secrets::crd::EcrPullSecret;
+    use ecr_pull_secrets::core::crd::EcrPullSecret;
     let Some(env) = testenv() else { return };
     let admin = client().await;
     install_crd();

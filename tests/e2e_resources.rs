@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ecr_pull_secrets::crd::{EcrPullSecret, OWNER_LABEL};
+use ecr_pull_secrets::core::crd::{EcrPullSecret, OWNER_LABEL};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};

@@ -703,8 +703,8 @@ pub fn install_crd() {
 }
 
 /// An EcrPullSecret named `name` with `spec` (JSON, camelCase as in YAML).
-pub fn ecr_pull_secret(name: &str, spec: Value) -> ecr_pull_secrets::crd::EcrPullSecret {
-    ecr_pull_secrets::crd::EcrPullSecret {
+pub fn ecr_pull_secret(name: &str, spec: Value) -> ecr_pull_secrets::core::crd::EcrPullSecret {
+    ecr_pull_secrets::core::crd::EcrPullSecret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             ..ObjectMeta::default()
@@ -716,7 +716,7 @@ pub fn ecr_pull_secret(name: &str, spec: Value) -> ecr_pull_secrets::crd::EcrPul
 
 /// Status, reason and message of a resource's condition `type_`, once it has one.
 pub fn resource_condition(
-    resource: &ecr_pull_secrets::crd::EcrPullSecret,
+    resource: &ecr_pull_secrets::core::crd::EcrPullSecret,
     type_: &str,
 ) -> Option<(String, String, String)> {
     resource

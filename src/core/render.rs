@@ -10,8 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::registry::RegistryHost;
-use crate::token::{ECR_PUBLIC, Token};
+use crate::core::registry::RegistryHost;
+use crate::core::time::rfc3339;
+use crate::core::token::{ECR_PUBLIC, Token};
 
 /// The docker config of one Secret, ready to write. `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -137,15 +138,10 @@ pub fn fingerprint(config: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// RFC 3339 in UTC with seconds, for annotations and logs.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::tests::token_at;
+    use crate::core::token::tests::token_at;
     use std::time::Duration;
 
     fn t0() -> SystemTime {
@@ -169,7 +165,7 @@ mod tests {
     #[test]
     fn golden_default_hosts() {
         let rendered = render(&tokens(), &[]).unwrap();
-        let golden = include_str!("../tests/golden/default-hosts.json").trim_end();
+        let golden = include_str!("../../tests/golden/default-hosts.json").trim_end();
         assert_eq!(String::from_utf8(rendered.config.clone()).unwrap(), golden);
         assert_eq!(rendered.expires_at, t0() + Duration::from_secs(3600));
         assert_eq!(
@@ -192,7 +188,7 @@ mod tests {
         .map(|h| h.parse().unwrap())
         .collect();
         let rendered = render(&tokens(), &hosts).unwrap();
-        let golden = include_str!("../tests/golden/configured-hosts.json").trim_end();
+        let golden = include_str!("../../tests/golden/configured-hosts.json").trim_end();
         assert_eq!(String::from_utf8(rendered.config.clone()).unwrap(), golden);
         assert_eq!(rendered.fingerprint, fingerprint(golden.as_bytes()));
         assert_eq!(rendered.fingerprint.len(), 64);
@@ -207,7 +203,7 @@ mod tests {
             t0() + Duration::from_secs(600),
         )
         .unwrap();
-        tokens.insert(crate::token::ECR_PUBLIC.to_string(), public);
+        tokens.insert(crate::core::token::ECR_PUBLIC.to_string(), public);
         let hosts = vec![
             "111111111111.dkr.ecr.us-east-1.amazonaws.com"
                 .parse()

@@ -4,8 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,20 +12,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
-
-/// What the probes report.
-#[derive(Default)]
-pub struct Health {
-    /// Configuration valid and the API server answered once.
-    pub started: AtomicBool,
-    /// SIGTERM received: take this replica out of rotation.
-    pub shutting_down: AtomicBool,
-    /// Why this replica cannot even contend for the Lease (refused, or its namespace gone): a
-    /// configuration problem a human must fix, so not ready until it clears. Transient
-    /// failures (an unreachable API server) never set it.
-    pub lease_problem: Mutex<Option<String>>,
-}
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AdminState {

@@ -13,7 +13,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::reconcile::{FINGERPRINT_ANNOTATION, edited_by_someone_else, ours};
+use crate::core::meta::{FINGERPRINT_ANNOTATION, edited_by_someone_else, ours};
 
 /// What reconcile needs to know of the Secret with our name in one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +156,7 @@ impl SecretCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE};
+    use crate::core::meta::{FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
     use std::collections::BTreeMap;
 
@@ -177,7 +177,7 @@ mod tests {
                 )])),
                 // Our field manager set our label: server-side apply records it.
                 managed_fields: Some(vec![ManagedFieldsEntry {
-                    manager: Some(crate::reconcile::FIELD_MANAGER.into()),
+                    manager: Some(FIELD_MANAGER.into()),
                     operation: Some("Apply".into()),
                     fields_v1: Some(FieldsV1(serde_json::json!({
                         "f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}}

@@ -21,11 +21,13 @@ use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
 
 use crate::Error;
-use crate::config::RunArgs;
-use crate::crd::{EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts};
-use crate::leader::Fence;
-use crate::metrics::{Metrics, Problem, TokenHealth};
-use crate::render::rfc3339;
+use crate::controller::pipeline::{self, Env};
+use crate::core::crd::{
+    EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts,
+};
+use crate::core::pipeline::{Inherited, PipelineConfig};
+use crate::core::time::rfc3339;
+use crate::telemetry::metrics::{Problem, TokenHealth};
 
 /// How often a running resource's status is recomputed (written only when it changed).
 const STATUS_PERIOD: Duration = Duration::from_secs(2);
@@ -35,21 +37,18 @@ const STATUS_MANAGER: &str = "ecr-pull-secrets";
 /// Serves every EcrPullSecret until `stop`; `implicit_secret` is the flag-configured
 /// controller's secret name, which no resource may reuse.
 pub async fn serve(
-    base: RunArgs,
+    env: Env,
+    inherited: Inherited,
     implicit_secret: Option<String>,
-    client: Client,
-    metrics: Arc<Metrics>,
-    fence: Fence,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let api: Api<EcrPullSecret> = Api::all(client.clone());
+    let api: Api<EcrPullSecret> = Api::all(env.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let supervisor = Arc::new(Supervisor {
-        client,
-        base,
+        client: env.client.clone(),
+        env,
+        inherited,
         implicit_secret,
-        metrics,
-        fence,
         store: controller.store(),
         running: Mutex::new(HashMap::new()),
     });
@@ -64,8 +63,8 @@ pub async fn serve(
                 tracing::warn!(error = %error, "EcrPullSecret reconcile failed; retrying");
             }
         });
-    // A graceful shutdown can stall before the first list: bounded as in `run::lead`.
-    let drain_limit = supervisor.base.api_timeout + Duration::from_secs(1);
+    // A graceful shutdown can stall before the first list: bounded as in `pipeline::lead`.
+    let drain_limit = supervisor.env.api_timeout + Duration::from_secs(1);
     tokio::select! {
         _ = supervised => {}
         _ = async {
@@ -84,7 +83,7 @@ pub async fn serve(
     futures::future::join_all(
         running
             .into_iter()
-            .map(|r| r.stop(supervisor.base.api_timeout)),
+            .map(|r| r.stop(supervisor.env.api_timeout)),
     )
     .await;
     Ok(())
@@ -92,12 +91,11 @@ pub async fn serve(
 
 struct Supervisor {
     client: Client,
+    /// What every pipeline shares (the resource's own metrics replace `env.metrics`).
+    env: Env,
     /// The controller's own flags: what a resource does not set.
-    base: RunArgs,
+    inherited: Inherited,
     implicit_secret: Option<String>,
-    metrics: Arc<Metrics>,
-    /// Closed when the lease is not fresh: every write checks it first.
-    fence: Fence,
     store: Store<EcrPullSecret>,
     /// Running pipelines by resource name; `serve` stops them all on shutdown.
     running: Mutex<HashMap<String, Running>>,
@@ -108,7 +106,7 @@ struct Supervisor {
 struct Running {
     uid: String,
     generation: i64,
-    metrics: Arc<Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
     stop: watch::Sender<bool>,
     pipeline: Option<tokio::task::JoinHandle<()>>,
     status: tokio::task::JoinHandle<()>,
@@ -189,8 +187,8 @@ impl Supervisor {
             // Picked up again once the other one is gone.
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
-        let args = match resource.spec.to_run_args(&self.base) {
-            Ok(args) => args,
+        let config = match resource.spec.pipeline(&name, &self.inherited) {
+            Ok(config) => config,
             Err(message) => {
                 self.block(resource, "InvalidSpec", message).await?;
                 return Ok(Action::await_change());
@@ -206,25 +204,22 @@ impl Supervisor {
         }
         if let Some(old) = running.remove(&name) {
             tracing::info!(resource = name, "spec changed; restarting its pipeline");
-            old.stop(self.base.api_timeout).await;
+            old.stop(self.env.api_timeout).await;
         }
-        let metrics = Arc::new(self.metrics.for_resource(&name));
+        let metrics = Arc::new(self.env.metrics.for_resource(&name));
         let (stop_tx, stop) = watch::channel(false);
-        let pipeline = tokio::spawn(keep_running(
-            args,
-            name.clone(),
-            self.client.clone(),
-            metrics.clone(),
-            self.fence.clone(),
-            stop,
-        ));
+        let env = Env {
+            metrics: metrics.clone(),
+            ..self.env.clone()
+        };
+        let pipeline = tokio::spawn(keep_running(config, env, stop));
         let status = tokio::spawn(write_status(
             Api::all(self.client.clone()),
             name.clone(),
             generation,
             resource.status.clone().unwrap_or_default(),
             metrics.clone(),
-            self.fence.clone(),
+            self.env.fence.clone(),
         ));
         tracing::info!(
             resource = name,
@@ -270,10 +265,10 @@ impl Supervisor {
     ) -> Result<(), Error> {
         let name = resource.name_any();
         if let Some(old) = self.running.lock().await.remove(&name) {
-            old.stop(self.base.api_timeout).await;
+            old.stop(self.env.api_timeout).await;
         }
         tracing::warn!(resource = name, reason, message, "EcrPullSecret not served");
-        self.metrics.resource_ready(&name, Some(false));
+        self.env.metrics.resource_ready(&name, Some(false));
         let previous = resource.status.clone().unwrap_or_default();
         // The counts stay: they are what deletion goes by when it may not list the Secrets.
         let status = EcrPullSecretStatus {
@@ -299,7 +294,7 @@ impl Supervisor {
     async fn cleanup(&self, resource: &EcrPullSecret) -> Result<Action, Error> {
         let name = resource.name_any();
         if let Some(old) = self.running.lock().await.remove(&name) {
-            old.stop(self.base.api_timeout).await;
+            old.stop(self.env.api_timeout).await;
         }
         let secret_name = &resource.spec.secret_name;
         // Entries named like our Secret are ours only when nothing else writes that name.
@@ -308,27 +303,27 @@ impl Supervisor {
         // Entries are removed even when spec.serviceAccounts is unset now: an earlier
         // generation may have set it. Without the right to list ServiceAccounts, and with none
         // configured, there is nothing this resource could have added.
-        let mut removed = crate::cleanup::remove(
+        let mut removed = crate::k8s::cleanup::remove(
             &self.client,
             secret_name,
             Some(&name),
             false,
-            self.base.api_timeout,
+            self.env.api_timeout,
             !shared,
-            &self.fence,
+            &self.env.fence,
         )
         .await;
         if resource.spec.service_accounts.is_none()
             && matches!(&removed, Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.code == 403)
         {
-            removed = crate::cleanup::remove(
+            removed = crate::k8s::cleanup::remove(
                 &self.client,
                 secret_name,
                 Some(&name),
                 false,
-                self.base.api_timeout,
+                self.env.api_timeout,
                 false,
-                &self.fence,
+                &self.env.fence,
             )
             .await;
         }
@@ -350,7 +345,7 @@ impl Supervisor {
                         resource = name,
                         "EcrPullSecret deleted; its Secrets cannot be listed (forbidden) and it never synced one: nothing removed"
                     );
-                    self.metrics.resource_ready(&name, None);
+                    self.env.metrics.resource_ready(&name, None);
                     return Ok(Action::await_change());
                 }
                 let message = format!(
@@ -372,7 +367,7 @@ impl Supervisor {
             }
             Err(error) => return Err(error),
         };
-        self.metrics.resource_ready(&name, None);
+        self.env.metrics.resource_ready(&name, None);
         tracing::info!(
             resource = name,
             secrets = report.secrets.len(),
@@ -385,32 +380,20 @@ impl Supervisor {
 
 /// Runs one resource's pipeline until `stop` (sent by [`Running::stop`], also on shutdown);
 /// when it cannot start (credentials Secret missing, say) records why and retries with backoff.
-async fn keep_running(
-    args: RunArgs,
-    name: String,
-    client: Client,
-    metrics: Arc<Metrics>,
-    fence: Fence,
-    stop: watch::Receiver<bool>,
-) {
+async fn keep_running(config: PipelineConfig, env: Env, stop: watch::Receiver<bool>) {
+    let name = config.owner.clone().unwrap_or_default();
+    let metrics = env.metrics.clone();
     // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
-    let backoff = crate::backoff::Exponential {
+    let backoff = crate::core::backoff::Exponential {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(30),
     };
     let mut failures = 0u32;
     loop {
-        let result = crate::run::lead(
-            &args,
-            Some(&name),
-            client.clone(),
-            metrics.clone(),
-            &fence,
-            stop.clone(),
-        )
-        // The resource's name on every log line of its pipeline, token refreshes included.
-        .instrument(tracing::info_span!("resource", name = name.as_str()))
-        .await;
+        let result = pipeline::lead(&config, &env, stop.clone())
+            // The resource's name on every log line of its pipeline, token refreshes included.
+            .instrument(tracing::info_span!("resource", name = name.as_str()))
+            .await;
         match result {
             Ok(()) => break,
             Err(error) => {
@@ -439,8 +422,8 @@ async fn write_status(
     name: String,
     generation: i64,
     mut written: EcrPullSecretStatus,
-    metrics: Arc<Metrics>,
-    fence: Fence,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
+    fence: crate::k8s::leader::Fence,
 ) {
     loop {
         let status = status_of(

@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Whether this replica may write now: it holds the lease and renewed it less than the renew
 /// deadline ago, by the monotonic clock. Checked right before every write, not only in the renew
@@ -330,7 +330,7 @@ fn lease_problem(config: &LeaseConfig, error: &kube::Error) -> Option<String> {
     }
 }
 
-fn clear_lease_problem(health: &crate::admin::Health) {
+fn clear_lease_problem(health: &crate::telemetry::health::Health) {
     let mut current = health.lease_problem.lock().expect("health lock");
     if current.take().is_some() {
         tracing::info!("the lease can be contended for again; ready");
@@ -345,7 +345,7 @@ pub async fn run(
     leading: watch::Sender<bool>,
     fence: Fence,
     metrics: std::sync::Arc<Metrics>,
-    health: std::sync::Arc<crate::admin::Health>,
+    health: std::sync::Arc<crate::telemetry::health::Health>,
 ) {
     // Whatever ends this loop (stepping down, being dropped) closes the fence.
     struct CloseOnDrop(Fence);

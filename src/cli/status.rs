@@ -20,14 +20,14 @@ use kube::{Client, ResourceExt};
 use serde::{Serialize, Serializer};
 
 use crate::Error;
-use crate::config::{OutputFormat, StatusArgs};
-use crate::reconcile::{
+use crate::cli::args::{OutputFormat, StatusArgs};
+use crate::core::meta::{
     EXPIRES_ANNOTATION, FIELD_MANAGER, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
     REGISTRIES_ANNOTATION, edited_by_someone_else, ours,
 };
-use crate::render::rfc3339;
-use crate::selection::{Decision, Selection};
-use crate::service_account::Targets;
+use crate::core::selection::{Decision, Selection};
+use crate::core::service_accounts::Targets;
+use crate::core::time::{relative, rfc3339, span};
 
 /// Exit code when the report is complete but some selected namespace is not in sync.
 pub const EXIT_NOT_SYNCED: u8 = 3;
@@ -397,36 +397,6 @@ fn leader(lease_ref: &str, lease: Option<&Lease>, now: SystemTime) -> Option<Lea
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-/// A duration in its two largest units, truncated: `2d3h`, `11h58m`, `5m`, `42s`.
-pub fn span(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let two = |a: u64, ua: &str, b: u64, ub: &str| {
-        if b == 0 {
-            format!("{a}{ua}")
-        } else {
-            format!("{a}{ua}{b}{ub}")
-        }
-    };
-    if days > 0 {
-        two(days, "d", hours, "h")
-    } else if hours > 0 {
-        two(hours, "h", minutes, "m")
-    } else if minutes > 0 {
-        format!("{minutes}m")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-/// `in 11h58m` or `5m ago`.
-pub fn relative(t: SystemTime, now: SystemTime) -> String {
-    match t.duration_since(now) {
-        Ok(ahead) => format!("in {}", span(ahead)),
-        Err(past) => format!("{} ago", span(past.duration())),
-    }
-}
-
 fn expiry(t: SystemTime, now: SystemTime) -> String {
     match t.duration_since(now) {
         Ok(ahead) if !ahead.is_zero() => format!("{} (in {})", rfc3339(t), span(ahead)),
@@ -627,7 +597,7 @@ pub fn json(report: &Report) -> String {
 /// [`Report::exit_code`].
 pub async fn status(args: &StatusArgs) -> Result<Report, Error> {
     let selection = args.selection().map_err(Error::Config)?;
-    let client = crate::run::connect().await?;
+    let client = crate::k8s::client::connect().await?;
     let snapshot = observe(&client, args).await?;
     let now = SystemTime::now();
     let report = Report::build(&snapshot, &selection, &args.secret_name, now);
@@ -782,6 +752,7 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::selection::FLAGS;
     use clap::Parser;
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::api::core::v1::LocalObjectReference;
@@ -791,7 +762,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
     use serde_json::{Value, json};
 
-    use crate::config::{Cli, Command};
+    use crate::cli::args::{Cli, Command};
 
     const SECRET: &str = "ecr-pull-secret";
     const HOST: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
@@ -900,7 +871,7 @@ mod tests {
 
     fn selection(exclude: &[&str]) -> Selection {
         let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
-        Selection::new(&[], &exclude, None).unwrap()
+        Selection::new(&FLAGS, &[], &exclude, None).unwrap()
     }
 
     #[test]
@@ -978,15 +949,15 @@ mod tests {
             .labels
             .as_mut()
             .unwrap()
-            .insert(crate::crd::OWNER_LABEL.into(), "team-b".into());
+            .insert(crate::core::meta::OWNER_LABEL.into(), "team-b".into());
         let mut copied_label = ours("a", "fp", 3600, 10);
         copied_label.managed_fields = Some(vec![entry("kubectl-create", 10, true)]);
         for meta in [other_resource, copied_label] {
             let view = SecretView::of(&meta);
             assert!(!view.managed);
-            assert!(!crate::reconcile::ours(&meta, None));
+            assert!(!crate::core::meta::ours(&meta, None));
             assert_eq!(
-                crate::secret_cache::CachedSecret::from_meta(&meta, None).managed,
+                crate::k8s::secret_cache::CachedSecret::from_meta(&meta, None).managed,
                 view.managed
             );
             assert_eq!(

@@ -1,14 +1,13 @@
-//! `ecr-pull-secrets cleanup`: removes every managed Secret and our ServiceAccount entries, for
-//! uninstalling. Only Secrets with our name *and* our managed label are deleted.
+//! Removing our Secrets and ServiceAccount entries: for `cleanup` and for a deleted
+//! EcrPullSecret. Only Secrets with our name *and* our managed label are deleted.
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Preconditions};
 use kube::{Client, ResourceExt};
 
 use crate::Error;
-use crate::config::CleanupArgs;
-use crate::reconcile::{MANAGED_LABEL, MANAGED_VALUE, labelled_by_us};
-use crate::service_account;
+use crate::core::meta::{MANAGED_LABEL, MANAGED_VALUE, labelled_by_us};
+use crate::k8s::service_account;
 
 /// What cleanup found (and, unless dry-run, removed).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -17,54 +16,6 @@ pub struct Report {
     pub service_accounts: Vec<String>,
 }
 
-pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
-    let client = crate::run::connect().await?;
-    let report = cleanup_with(&client, args).await?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
-    for secret in &report.secrets {
-        println!("{verb} Secret {secret}");
-    }
-    for sa in &report.service_accounts {
-        println!("{verb} {} from ServiceAccount {sa}", args.secret_name);
-    }
-    println!(
-        "{verb} {} Secret(s) and {} ServiceAccount entr{}{}",
-        report.secrets.len(),
-        report.service_accounts.len(),
-        if report.service_accounts.len() == 1 {
-            "y"
-        } else {
-            "ies"
-        },
-        if args.dry_run {
-            " (dry run: nothing changed)"
-        } else {
-            ""
-        }
-    );
-    Ok(report)
-}
-
-pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
-    remove(
-        client,
-        &args.secret_name,
-        None,
-        args.dry_run,
-        args.api_timeout,
-        true,
-        // A one-shot command, not a leader: nothing to fence.
-        &crate::leader::Fence::open(),
-    )
-    .await
-}
-
-/// Removes our entry `secret_name` from every ServiceAccount (when `service_accounts`), then
-/// every Secret named `secret_name` that carries our managed label and, with `owner`, that
 /// EcrPullSecret's owner label. Without `owner` every managed Secret of that name goes.
 pub async fn remove(
     client: &Client,
@@ -73,7 +24,7 @@ pub async fn remove(
     dry_run: bool,
     api_timeout: std::time::Duration,
     service_accounts: bool,
-    fence: &crate::leader::Fence,
+    fence: &crate::k8s::leader::Fence,
 ) -> Result<Report, Error> {
     let kube_err = |context: &str| {
         let context = context.to_string();
@@ -111,7 +62,7 @@ pub async fn remove(
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
     let mut labels = format!("{MANAGED_LABEL}={MANAGED_VALUE}");
     if let Some(owner) = owner {
-        labels.push_str(&format!(",{}={owner}", crate::crd::OWNER_LABEL));
+        labels.push_str(&format!(",{}={owner}", crate::core::crd::OWNER_LABEL));
     }
     let params = ListParams::default()
         .fields(&format!("metadata.name={secret_name}"))

@@ -4,11 +4,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::credentials::AssumeRole;
-use crate::registry::{RegistryHost, is_region};
-use crate::selection::Selection;
-use crate::service_account::Targets;
-use crate::token::RefreshPolicy;
+use crate::core::names::{is_dns_label, is_dns_subdomain};
+use crate::core::pipeline::{
+    AssumeRole, AwsIdentity, Bounds, Inherited, MAX_REFRESH_INTERVAL, MAX_WRITES_PER_SECOND,
+    PipelineConfig, REFRESH_MARGIN, validate_role_arn, within,
+};
+use crate::core::registry::{RegistryHost, is_region};
+use crate::core::selection::{FLAGS, Selection};
+use crate::core::service_accounts::Targets;
+use crate::core::time::format_duration;
+use crate::core::token::RefreshPolicy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,6 +148,7 @@ pub struct CheckArgs {
 impl StatusArgs {
     pub fn selection(&self) -> Result<Selection, String> {
         Selection::new(
+            &FLAGS,
             &self.target_namespaces,
             &self.exclude_namespaces,
             self.namespace_selector.as_deref(),
@@ -368,7 +374,7 @@ impl RunArgs {
     /// Cross-flag checks clap cannot express. Errors name the flag and the fix.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(arn) = &self.role_arn {
-            crate::credentials::validate_role_arn(arn)?;
+            validate_role_arn("--role-arn", arn)?;
         }
         if self.registries.is_empty()
             && !(self.ecr_public && self.region.as_deref().unwrap_or("").is_empty())
@@ -396,9 +402,9 @@ impl RunArgs {
             return Err(format!(
                 "lease timings must satisfy --retry-period ({}) < --renew-deadline ({}) < --lease-duration ({}), \
                  so a leader stops before another may take over; e.g. 2s < 10s < 15s",
-                humantime::format_duration(self.retry_period),
-                humantime::format_duration(self.renew_deadline),
-                humantime::format_duration(self.lease_duration)
+                format_duration(self.retry_period),
+                format_duration(self.renew_deadline),
+                format_duration(self.lease_duration)
             ));
         }
         // Re-checked here because an EcrPullSecret's spec sets these without the flag parsers.
@@ -456,11 +462,53 @@ impl RunArgs {
 
     pub fn selection(&self) -> Result<Selection, String> {
         Selection::new(
+            &FLAGS,
             &self.target_namespaces,
             &self.exclude_namespaces,
             self.namespace_selector.as_deref(),
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// The flag-configured pipeline, when the flags configure a secret (see
+    /// [`RunArgs::configures_secret`]).
+    pub fn pipeline(&self) -> Result<Option<PipelineConfig>, String> {
+        let config = self.as_pipeline()?;
+        Ok(self.configures_secret().then_some(config))
+    }
+
+    /// The flags as one pipeline, validated, whether or not they configure a secret (`check`
+    /// describes and tries them either way).
+    pub fn as_pipeline(&self) -> Result<PipelineConfig, String> {
+        self.validate()?;
+        let inherited = self.inherited();
+        Ok(PipelineConfig {
+            secret_name: self.secret_name.clone(),
+            owner: None,
+            registries: self.registries.clone(),
+            region: self.region.clone().filter(|r| !r.is_empty()),
+            ecr_public: self.ecr_public,
+            selection: self.selection()?,
+            service_accounts: self.service_accounts.clone(),
+            adopt_existing: self.adopt_existing,
+            identity: inherited.identity,
+            refresh: inherited.refresh,
+            write_qps: inherited.write_qps,
+            write_burst: inherited.write_burst,
+        })
+    }
+
+    /// What an EcrPullSecret takes from these flags when its spec leaves it out.
+    pub fn inherited(&self) -> Inherited {
+        Inherited {
+            identity: AwsIdentity {
+                credentials_secret: self.credentials_secret.clone(),
+                role: self.assume_role(),
+            },
+            refresh: self.refresh_policy(),
+            write_qps: self.write_qps,
+            write_burst: self.write_burst,
+        }
     }
 
     pub fn refresh_policy(&self) -> RefreshPolicy {
@@ -479,44 +527,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}); use forms such as 30s, 10m, 1h"))
 }
 
-/// Inclusive bounds of a duration flag. Every duration flag has both: zero spins a loop or
-/// reads as "no time at all", and a huge value overflows clock arithmetic (a panic, or a
-/// task that dies while the process still looks ready).
-pub type Bounds = (Duration, Duration);
-
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
 /// --api-timeout: 0 fails every call at once (and looks like a connectivity problem).
 pub const API_TIMEOUT: Bounds = (secs(1), secs(600));
-/// --max-refresh-interval: the CRD's `frequency` has the same floor (one call a minute per
-/// identity is far below ECR's 20/s); tokens last 12 h, so a longer bound never applies.
-pub const MAX_REFRESH_INTERVAL: Bounds = (secs(60), secs(24 * 3600));
-/// --refresh-margin: beyond a token's 12 h lifetime it is ignored anyway.
-pub const REFRESH_MARGIN: Bounds = (secs(0), secs(12 * 3600));
 /// --lease-duration: written to the Lease as whole seconds (an i32).
 pub const LEASE_DURATION: Bounds = (secs(1), secs(3600));
 /// --renew-deadline and --retry-period: a floor keeps lease writes at no more than two a second.
 pub const LEASE_TIMING: Bounds = (Duration::from_millis(500), secs(3600));
 /// --shutdown-delay: longer than any termination grace period worth having.
 pub const SHUTDOWN_DELAY: Bounds = (secs(0), secs(600));
-/// --write-qps and --write-burst, as the CRD's `spec.writes`.
-pub const MAX_WRITES_PER_SECOND: u32 = 10_000;
-
-/// `value` when within `bounds`, else an error naming the flag and the range.
-pub fn within(flag: &str, value: Duration, (min, max): Bounds) -> Result<Duration, String> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!(
-            "{flag} {} is out of range; use {} to {}",
-            humantime::format_duration(value),
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ))
-    }
-}
 
 fn bounded(s: &str, bounds: Bounds) -> Result<Duration, String> {
     let value = parse_duration(s)?;
@@ -526,8 +548,8 @@ fn bounded(s: &str, bounds: Bounds) -> Result<Duration, String> {
         // clap names the flag in front of this message.
         Err(format!(
             "{s:?} is out of range; use {} to {}",
-            humantime::format_duration(bounds.0),
-            humantime::format_duration(bounds.1)
+            format_duration(bounds.0),
+            format_duration(bounds.1)
         ))
     }
 }
@@ -649,7 +671,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 fn parse_secret_name(s: &str) -> Result<String, String> {
-    let valid = !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label);
+    let valid = is_dns_subdomain(s);
     if valid {
         Ok(s.to_string())
     } else {
@@ -657,15 +679,6 @@ fn parse_secret_name(s: &str) -> Result<String, String> {
             "{s:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253 characters)"
         ))
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]
@@ -941,11 +954,11 @@ mod tests {
             assert!(now.checked_add(d).is_some() && wall.checked_add(d).is_some());
         }
         let token =
-            crate::token::tests::token_at("us-east-1", "p", wall, Duration::from_secs(43200));
+            crate::core::token::tests::token_at("us-east-1", "p", wall, Duration::from_secs(43200));
         let at = run.refresh_policy().refresh_at(&token, 0.99);
         assert!(at <= token.expires_at);
         assert!(run.lease_duration.as_secs() < i32::MAX as u64);
-        crate::reconcile::WriteLimiter::new(run.write_qps, run.write_burst);
+        crate::controller::reconcile::WriteLimiter::new(run.write_qps, run.write_burst);
     }
 
     #[test]
@@ -953,7 +966,7 @@ mod tests {
         let cases: [(&[&str], &str); 14] = [
             (&["--api-timeout", "0s"], "use 1s to 10m"),
             (&["--api-timeout", "18446744073709551615s"], "out of range"),
-            (&["--max-refresh-interval", "0s"], "use 1m to 1day"),
+            (&["--max-refresh-interval", "0s"], "use 1m to 1d"),
             (
                 &["--max-refresh-interval", "9300000000000000000s"],
                 "out of range",

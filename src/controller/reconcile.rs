@@ -20,25 +20,20 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::backoff::Gate;
-use crate::events::Events;
-use crate::metrics::Metrics;
-use crate::render::{Rendered, fingerprint, rfc3339};
-use crate::secret_cache::{CachedSecret, SecretCache};
-use crate::selection::{Decision, Selection};
-use crate::service_account::{self, Targets};
-
-/// Field manager of every write (server-side apply).
-pub const FIELD_MANAGER: &str = "ecr-pull-secrets";
-/// Label on every Secret we manage; a same-named Secret without it is someone else's.
-pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_VALUE: &str = "ecr-pull-secrets";
-/// Hash of the rendered config (never the token itself): unchanged writes are skipped.
-pub const FINGERPRINT_ANNOTATION: &str = "ecr-pull-secrets.io/fingerprint";
-pub const EXPIRES_ANNOTATION: &str = "ecr-pull-secrets.io/expires-at";
-pub const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
-pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
-pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
+use crate::core::backoff::Gate;
+use crate::core::meta::{
+    DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_ANNOTATION, FIELD_MANAGER,
+    FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL, REGISTRIES_ANNOTATION, ours,
+    owner_labels,
+};
+use crate::core::render::{Rendered, fingerprint};
+use crate::core::selection::{Decision, Selection};
+use crate::core::service_accounts::Targets;
+use crate::core::time::rfc3339;
+use crate::k8s::events::Events;
+use crate::k8s::secret_cache::{CachedSecret, SecretCache};
+use crate::k8s::service_account;
+use crate::telemetry::metrics::Metrics;
 
 /// A process-wide limit on writes (secret applies and deletes, ServiceAccount patches).
 pub struct WriteLimiter(DefaultDirectRateLimiter);
@@ -98,7 +93,7 @@ pub struct Context {
     /// What our last write to each namespace returned.
     pub written: WrittenLog,
     /// Closed unless the lease was renewed within the renew deadline: checked before each write.
-    pub fence: crate::leader::Fence,
+    pub fence: crate::k8s::leader::Fence,
     pub events: Events,
     pub metrics: Arc<Metrics>,
     /// True once the Secret (and ServiceAccount) caches have their first full list. A watch
@@ -129,7 +124,7 @@ pub fn desired_secret(
     rendered: &Rendered,
     owner: Option<&str>,
 ) -> Secret {
-    let mut labels = crate::crd::owner_labels(owner);
+    let mut labels = owner_labels(owner);
     labels.insert(MANAGED_LABEL.to_string(), MANAGED_VALUE.to_string());
     Secret {
         metadata: ObjectMeta {
@@ -152,77 +147,6 @@ pub fn desired_secret(
             ByteString(rendered.config.clone()),
         )])),
         ..Secret::default()
-    }
-}
-
-/// The EcrPullSecret that owns a Secret (`None`: written by the flag-configured controller).
-pub fn owner_of(meta: &ObjectMeta) -> Option<&str> {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(crate::crd::OWNER_LABEL))
-        .map(String::as_str)
-}
-
-pub fn is_managed(meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_LABEL))
-        .is_some_and(|v| v == MANAGED_VALUE)
-}
-
-/// Our field manager set the managed-by label: server-side apply records it in managedFields.
-/// A label alone can be copied by anyone who may create a Secret; a Secret created with our
-/// label by someone else (kubectl, another tool) lacks this entry and is never overwritten or
-/// deleted.
-pub fn labelled_by_us(meta: &ObjectMeta) -> bool {
-    meta.managed_fields.iter().flatten().any(|entry| {
-        entry.manager.as_deref() == Some(FIELD_MANAGER)
-            && entry.fields_v1.as_ref().is_some_and(|f| {
-                f.0.get("f:metadata")
-                    .and_then(|m| m.get("f:labels"))
-                    .and_then(|l| l.get(format!("f:{MANAGED_LABEL}")))
-                    .is_some()
-            })
-    })
-}
-
-/// The one definition of "our Secret" for a configuration (`owner`: the EcrPullSecret, `None`
-/// for the flag-configured secret), shared by the controller, `status` and `cleanup`: our
-/// managed label, set by our field manager, and this configuration's owner label.
-pub fn ours(meta: &ObjectMeta, owner: Option<&str>) -> bool {
-    is_managed(meta) && owner_of(meta) == owner && labelled_by_us(meta)
-}
-
-/// Another field manager owns our config key: someone edited the data. Visible in metadata, so
-/// drift is caught without reading Secret contents.
-pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
-    meta.managed_fields.iter().flatten().any(|entry| {
-        entry.manager.as_deref() != Some(FIELD_MANAGER)
-            && entry.fields_v1.as_ref().is_some_and(|f| {
-                f.0.get("f:data")
-                    .and_then(|d| d.get(format!("f:{DOCKER_CONFIG_KEY}")))
-                    .is_some()
-            })
-    })
-}
-
-/// Trims a cached namespace to what selection reads (name, labels when a label selector is
-/// configured, the opt-out annotation, deletion state): managedFields and other annotations (a
-/// `last-applied-configuration` can be kilobytes) would otherwise dominate the cache on
-/// clusters with many namespaces.
-pub fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>, keep_labels: bool) {
-    // apiVersion and kind are the same for every object (two allocations each).
-    ns.types = None;
-    let meta = &mut ns.metadata;
-    meta.managed_fields = None;
-    // The watch keeps its own resourceVersion; nothing here reads the object's.
-    meta.resource_version = None;
-    if !keep_labels {
-        meta.labels = None;
-    }
-    meta.owner_references = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == crate::selection::OPT_OUT_ANNOTATION);
     }
 }
 
@@ -282,7 +206,7 @@ impl Context {
                              EcrPullSecret's {} label); it was left untouched. Delete it, choose another secret name, \
                              or adopt it (--adopt-existing, spec.adoptExisting).",
                             self.secret_name,
-                            crate::crd::OWNER_LABEL
+                            OWNER_LABEL
                         ),
                     )
                     .await;
@@ -779,6 +703,7 @@ pub fn error_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::meta::{OPT_OUT_ANNOTATION, slim_namespace};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     fn entry(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
@@ -797,10 +722,7 @@ mod tests {
                 name: Some("team-a".into()),
                 labels: Some(BTreeMap::from([("env".to_string(), "prod".to_string())])),
                 annotations: Some(BTreeMap::from([
-                    (
-                        crate::selection::OPT_OUT_ANNOTATION.to_string(),
-                        "true".to_string(),
-                    ),
+                    (OPT_OUT_ANNOTATION.to_string(), "true".to_string()),
                     (
                         "kubectl.kubernetes.io/last-applied-configuration".to_string(),
                         "x".repeat(4096),

@@ -10,7 +10,7 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::time::Instant;
 
-use crate::reconcile::FIELD_MANAGER;
+use crate::core::meta::FIELD_MANAGER;
 
 /// The same (namespace, reason) is published at most once per window.
 const WINDOW: Duration = Duration::from_secs(600);

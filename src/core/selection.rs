@@ -8,11 +8,36 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// Namespace annotation that opts a namespace out (value "true", case-insensitive).
-pub const OPT_OUT_ANNOTATION: &str = "ecr-pull-secrets.io/exclude";
+use crate::core::names::is_dns_subdomain;
 
-const TARGET_FLAG: &str = "--target-namespaces";
-const EXCLUDE_FLAG: &str = "--exclude-namespaces";
+pub use crate::core::meta::OPT_OUT_ANNOTATION;
+
+/// What the user calls the three parts of a selection, so errors name what they wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fields {
+    pub include: &'static str,
+    pub exclude: &'static str,
+    pub selector: &'static str,
+}
+
+/// The flags of `run` and `status`.
+pub const FLAGS: Fields = Fields {
+    include: "--target-namespaces",
+    exclude: "--exclude-namespaces",
+    selector: "--namespace-selector",
+};
+
+/// An EcrPullSecret's spec.
+pub const SPEC: Fields = Fields {
+    include: "spec.namespaces.include",
+    exclude: "spec.namespaces.exclude",
+    selector: "spec.namespaces.selector",
+};
+
+#[cfg(test)]
+const TARGET_FLAG: &str = FLAGS.include;
+#[cfg(test)]
+const EXCLUDE_FLAG: &str = FLAGS.exclude;
 
 /// Namespace selection: include globs (empty = all), exclude globs (win over include), an
 /// optional label selector, and the opt-out annotation. The default selects every namespace.
@@ -37,11 +62,15 @@ pub enum SelectionError {
         problem: String,
     },
     #[error(
-        "--namespace-selector: invalid label selector {selector:?}: {problem}; expected comma-separated \
+        "{field}: invalid label selector {selector:?}: {problem}; expected comma-separated \
          requirements as in `kubectl -l` (k=v, k==v, k!=v, k in (a,b), k notin (a,b), k, !k), \
-         e.g. --namespace-selector='env=prod,tier in (web,api),!legacy'"
+         e.g. 'env=prod,tier in (web,api),!legacy'"
     )]
-    InvalidLabelSelector { selector: String, problem: String },
+    InvalidLabelSelector {
+        field: &'static str,
+        selector: String,
+        problem: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +100,7 @@ impl Selection {
     ///
     /// Entries are trimmed and empty ones ignored (so `a,,b` and a trailing comma are harmless).
     pub fn new(
+        fields: &Fields,
         include: &[String],
         exclude: &[String],
         label_selector: Option<&str>,
@@ -78,6 +108,7 @@ impl Selection {
         let selector = match label_selector.map(str::trim) {
             Some(text) if !text.is_empty() => {
                 parse_selector(text).map_err(|problem| SelectionError::InvalidLabelSelector {
+                    field: fields.selector,
                     selector: text.to_string(),
                     problem,
                 })?
@@ -85,8 +116,8 @@ impl Selection {
             _ => Vec::new(),
         };
         Ok(Selection {
-            include: globs(TARGET_FLAG, include)?,
-            exclude: globs(EXCLUDE_FLAG, exclude)?,
+            include: globs(fields.include, include)?,
+            exclude: globs(fields.exclude, exclude)?,
             selector,
         })
     }
@@ -528,18 +559,6 @@ fn is_label_value(s: &str) -> bool {
 }
 
 /// Dot-separated DNS labels of [a-z0-9-], each alphanumeric at both ends; at most 253 in all.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && label.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && label.ends_with(|c: char| c.is_ascii_alphanumeric())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,7 +579,7 @@ mod tests {
     }
 
     fn selection(include: &str, exclude: &str, selector: Option<&str>) -> Selection {
-        Selection::new(&list(include), &list(exclude), selector).unwrap_or_else(|e| {
+        Selection::new(&FLAGS, &list(include), &list(exclude), selector).unwrap_or_else(|e| {
             panic!("include={include:?} exclude={exclude:?} selector={selector:?}: {e}")
         })
     }
@@ -785,7 +804,7 @@ mod tests {
             ("", long.as_str(), EXCLUDE_FLAG, "64 characters long"),
         ];
         for (include, exclude, flag, problem) in cases {
-            let err = Selection::new(&list(include), &list(exclude), None).unwrap_err();
+            let err = Selection::new(&FLAGS, &list(include), &list(exclude), None).unwrap_err();
             let msg = err.to_string();
             assert!(msg.starts_with(&format!("{flag}: ")), "{msg}");
             assert!(msg.contains(problem), "{msg}");
@@ -795,7 +814,7 @@ mod tests {
         }
         // 63 characters is still fine.
         let ok = "a".repeat(63);
-        assert!(Selection::new(&[ok], &[], None).is_ok());
+        assert!(Selection::new(&FLAGS, &[ok], &[], None).is_ok());
     }
 
     #[test]
@@ -860,7 +879,7 @@ mod tests {
             ("env=in", "expected a value for key \"env\", found 'in'"),
         ];
         for (selector, problem) in cases {
-            let err = Selection::new(&[], &[], Some(selector)).unwrap_err();
+            let err = Selection::new(&FLAGS, &[], &[], Some(selector)).unwrap_err();
             let msg = err.to_string();
             assert!(
                 msg.starts_with(&format!(
@@ -871,7 +890,7 @@ mod tests {
             );
             assert!(msg.contains(problem), "{selector:?}: {msg}");
             assert!(
-                msg.contains("e.g. --namespace-selector='env=prod,tier in (web,api),!legacy'"),
+                msg.contains("e.g. 'env=prod,tier in (web,api),!legacy'"),
                 "{msg}"
             );
         }

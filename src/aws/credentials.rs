@@ -17,7 +17,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::core::pipeline::AssumeRole;
+use crate::telemetry::metrics::Metrics;
 
 /// Accepted spellings of each key, lower case first (the original Go controller's) then the
 /// environment-variable form.
@@ -535,14 +536,6 @@ impl ProvideCredentials for SecretCredentials {
     }
 }
 
-/// A role to assume on top of the base credentials.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssumeRole {
-    pub role_arn: String,
-    pub external_id: Option<String>,
-    pub session_name: String,
-}
-
 /// Wraps `base` in an STS AssumeRole provider. The SDK config supplies the STS endpoint and
 /// region; the assumed credentials are fetched anew for every token fetch (one STS call per
 /// refresh), so rotated base keys apply at once.
@@ -558,28 +551,6 @@ pub async fn assume_role(
         builder = builder.external_id(id.clone());
     }
     SharedCredentialsProvider::new(builder.build_from_provider(base).await)
-}
-
-/// Checks the shape of a role ARN: `arn:<partition>:iam::<12-digit account>:role/<name>`.
-pub fn validate_role_arn(arn: &str) -> Result<(), String> {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let ok = parts.len() == 6
-        && parts[0] == "arn"
-        && matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
-        && parts[2] == "iam"
-        && parts[3].is_empty()
-        && parts[4].len() == 12
-        && parts[4].bytes().all(|b| b.is_ascii_digit())
-        && parts[5]
-            .strip_prefix("role/")
-            .is_some_and(|n| !n.is_empty());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "--role-arn {arn:?} is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -909,28 +880,5 @@ mod tests {
                 .access_key_id(),
             "AKIA2"
         );
-    }
-
-    #[test]
-    fn role_arns() {
-        for ok in [
-            "arn:aws:iam::123456789012:role/puller",
-            "arn:aws:iam::123456789012:role/path/to/puller",
-            "arn:aws-cn:iam::123456789012:role/puller",
-            "arn:aws-us-gov:iam::123456789012:role/puller",
-        ] {
-            assert!(validate_role_arn(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "puller",
-            "arn:aws:iam::12345:role/puller",
-            "arn:aws:iam::123456789012:user/bob",
-            "arn:aws:iam::123456789012:role/",
-            "arn:aws:sts::123456789012:role/puller",
-        ] {
-            let err = validate_role_arn(bad).unwrap_err();
-            assert!(err.contains("expected arn:aws:iam::"), "{bad}: {err}");
-        }
     }
 }

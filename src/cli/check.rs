@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::future::join_all;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -17,14 +17,14 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde::Serialize;
 
-use crate::config::{CheckArgs, CheckOutput, RunArgs};
-use crate::credentials::{self, CredentialsError, SecretCredentials};
-use crate::registry::RegistryHost;
-use crate::run;
-use crate::token::{
-    ECR_PUBLIC, ECR_PUBLIC_HOST, EcrPublicTokenSource, EcrTokenSource, ErrorClass, FetchError,
-    Token, TokenSource, error_chain,
-};
+use crate::aws::credentials::{self, CredentialsError, SecretCredentials};
+use crate::aws::ecr::{EcrPublicTokenSource, EcrTokenSource, TokenSource};
+use crate::cli::args::{CheckArgs, CheckOutput, RunArgs};
+use crate::cli::run;
+use crate::core::pipeline::PipelineConfig;
+use crate::core::registry::RegistryHost;
+use crate::core::token::{ECR_PUBLIC, ECR_PUBLIC_HOST, ErrorClass, FetchError, Token, error_chain};
+use crate::k8s::client;
 
 /// Names in the shipped manifests (deploy/common.yaml); other names need edited roles.
 pub const SHIPPED_NAMESPACE: &str = "ecr-pull-secrets";
@@ -317,11 +317,16 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
     if args.resources {
         // Finalizers are added and removed with patches; status is written with its own patch.
         for verb in ["get", "list", "watch", "patch"] {
-            needed.push(cluster(verb, crate::crd::GROUP, "ecrpullsecrets", None));
+            needed.push(cluster(
+                verb,
+                crate::core::crd::GROUP,
+                "ecrpullsecrets",
+                None,
+            ));
         }
         needed.push(Permission {
             subresource: Some("status"),
-            ..cluster("patch", crate::crd::GROUP, "ecrpullsecrets", None)
+            ..cluster("patch", crate::core::crd::GROUP, "ecrpullsecrets", None)
         });
     }
     needed
@@ -331,25 +336,48 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
 /// permissions: its Secret by name everywhere, its credentials Secret by name.
 pub fn resource_permissions(
     owner: &str,
-    resource: &RunArgs,
+    resource: &PipelineConfig,
     base: &RunArgs,
     own_namespace: &str,
 ) -> Vec<Permission> {
-    let needed_by_base = |p: &Permission| match (p.resource, p.grant) {
-        // Asked for the controller already: its own names and ServiceAccount rights.
-        ("secrets", Grant::ClusterRole) => {
-            p.name.is_none() || p.name == Some(base.secret_name.clone())
+    let permission =
+        |verb, resource: &'static str, namespace: Option<&str>, name: Option<&str>| Permission {
+            verb,
+            group: "",
+            resource,
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            grant: if namespace.is_some() {
+                Grant::Role
+            } else {
+                Grant::ClusterRole
+            },
+            subresource: None,
+            resource_owner: Some(owner.to_string()),
+        };
+    // What the controller's own flags do not ask for already.
+    let mut needed = Vec::new();
+    if resource.secret_name != base.secret_name {
+        for verb in ["get", "list", "watch", "patch", "delete"] {
+            needed.push(permission(
+                verb,
+                "secrets",
+                None,
+                Some(&resource.secret_name),
+            ));
         }
-        ("secrets", Grant::Role) => p.name == base.credentials_secret,
-        ("serviceaccounts", _) => base.service_accounts.is_some(),
-        _ => true,
-    };
-    let mut needed: Vec<Permission> = required_permissions(resource, own_namespace)
-        .into_iter()
-        .filter(|p| !needed_by_base(p))
-        .collect();
-    for permission in &mut needed {
-        permission.resource_owner = Some(owner.to_string());
+    }
+    if resource.service_accounts.is_some() && base.service_accounts.is_none() {
+        for verb in ["get", "list", "watch", "patch"] {
+            needed.push(permission(verb, "serviceaccounts", None, None));
+        }
+    }
+    if let Some(name) = &resource.identity.credentials_secret
+        && base.credentials_secret.as_ref() != Some(name)
+    {
+        for verb in ["get", "list", "watch"] {
+            needed.push(permission(verb, "secrets", Some(own_namespace), Some(name)));
+        }
     }
     needed
 }
@@ -434,24 +462,17 @@ pub fn fix_for(permission: &Permission, username: Option<&str>) -> String {
     fix
 }
 
-/// What one token covers: `<hosts>; expires <RFC 3339> (in 11h 59m)`. Never the token.
+/// What one token covers: `<hosts>; expires <RFC 3339> (in 11h59m)`. Never the token.
 pub fn describe_token(hosts: &[String], expires_at: SystemTime, now: SystemTime) -> String {
     let when = match expires_at.duration_since(now) {
-        Ok(left) => format!("in {}", rounded(left)),
-        Err(past) => format!("expired {} ago", rounded(past.duration())),
+        Ok(left) => format!("in {}", crate::core::time::span(left)),
+        Err(past) => format!("expired {} ago", crate::core::time::span(past.duration())),
     };
     format!(
         "token for {}; expires {} ({when})",
         hosts.join(", "),
-        crate::render::rfc3339(expires_at)
+        crate::core::time::rfc3339(expires_at)
     )
-}
-
-/// Whole minutes (`11h 59m`), or seconds under a minute.
-fn rounded(d: Duration) -> String {
-    let secs = d.as_secs();
-    let shown = if secs < 60 { secs } else { secs / 60 * 60 };
-    humantime::format_duration(Duration::from_secs(shown)).to_string()
 }
 
 /// The hosts the controller writes with this token: ECR Public's one host; a region's
@@ -471,22 +492,22 @@ pub fn token_hosts(token: &Token, configured: &[RegistryHost]) -> Vec<String> {
 }
 
 /// A short summary of what is being checked, for the configuration line.
-pub fn describe_config(args: &RunArgs) -> String {
-    let mut identities = args.regions();
-    if args.ecr_public {
+pub fn describe_config(config: &PipelineConfig) -> String {
+    let mut identities = config.regions();
+    if config.ecr_public {
         identities.push(ECR_PUBLIC.to_string());
     }
-    let credentials = match &args.credentials_secret {
+    let credentials = match &config.identity.credentials_secret {
         Some(name) => format!("credentials Secret {name}"),
         None => "default AWS credentials chain".to_string(),
     };
     let mut out = format!(
         "secret {}; identities {}; {credentials}",
-        args.secret_name,
+        config.secret_name,
         identities.join(", ")
     );
-    if let Some(role) = &args.role_arn {
-        let _ = write!(out, "; role {role}");
+    if let Some(role) = &config.identity.role {
+        let _ = write!(out, "; role {}", role.role_arn);
     }
     out
 }
@@ -510,17 +531,18 @@ async fn bounded<T>(args: &RunArgs, future: impl Future<Output = T>) -> Option<T
 /// Every check, in order. Never an error: a problem is a failed check with its fix.
 pub async fn run_checks(args: &RunArgs) -> Report {
     let mut report = Report::default();
-    let valid = match args.validate() {
-        Ok(()) => {
+    let flags = args.as_pipeline();
+    let valid = match &flags {
+        Ok(config) => {
             report
                 .checks
-                .push(Check::pass("configuration", describe_config(args)));
+                .push(Check::pass("configuration", describe_config(config)));
             true
         }
         Err(message) => {
             report.checks.push(Check::fail(
                 "configuration",
-                message,
+                message.clone(),
                 "change the flag or environment variable named above (docs/configuration.md lists them all)",
             ));
             false
@@ -558,8 +580,8 @@ pub async fn run_checks(args: &RunArgs) -> Report {
             "aws",
             "the configuration is invalid; fix it first",
         ));
-    } else if let Ok(base) = base {
-        aws(args, base, &mut report).await;
+    } else if let (Ok(base), Ok(config)) = (base, &flags) {
+        aws(args, config, base, &mut report).await;
     } else {
         report.checks.push(Check::skip(
             "aws",
@@ -573,7 +595,7 @@ const KUBE_FIX: &str = "run the check where the controller runs (kubectl -n ecr-
 
 /// The API server answers; returns the client and the username it authenticated us as.
 async fn kubernetes(args: &RunArgs, report: &mut Report) -> Option<(Client, Option<String>)> {
-    let config = match run::kube_config().await {
+    let config = match client::kube_config().await {
         Ok(config) => config,
         Err(error) => {
             report
@@ -587,7 +609,7 @@ async fn kubernetes(args: &RunArgs, report: &mut Report) -> Option<(Client, Opti
         .to_string()
         .trim_end_matches('/')
         .to_string();
-    let client = match run::client_from(config) {
+    let client = match client::client_from(config) {
         Ok(client) => client,
         Err(error) => {
             report
@@ -647,7 +669,7 @@ async fn resources(
     own_namespace: &str,
     report: &mut Report,
 ) -> Vec<Permission> {
-    let api: Api<crate::crd::EcrPullSecret> = Api::all(client.clone());
+    let api: Api<crate::core::crd::EcrPullSecret> = Api::all(client.clone());
     let list = match bounded(args, api.list(&Default::default())).await {
         Some(Ok(list)) => list,
         Some(Err(kube::Error::Api(status))) if status.code == 404 => {
@@ -686,7 +708,7 @@ async fn resources(
     let mut needed = Vec::new();
     for resource in &list.items {
         let name = kube::ResourceExt::name_any(resource);
-        match resource.spec.to_run_args(args) {
+        match resource.spec.pipeline(&name, &args.inherited()) {
             Ok(config) => {
                 report.checks.push(Check::pass(
                     "resources",
@@ -857,8 +879,13 @@ async fn credentials_secret(
 }
 
 /// One token per identity, as `run` would fetch it.
-async fn aws(args: &RunArgs, base: Option<SecretCredentials>, report: &mut Report) {
-    let sdk_config = match run::sdk_config(args, base).await {
+async fn aws(
+    args: &RunArgs,
+    config: &PipelineConfig,
+    base: Option<SecretCredentials>,
+    report: &mut Report,
+) {
+    let sdk_config = match crate::aws::sdk::sdk_config(config, base).await {
         Ok(config) => config,
         Err(error) => {
             report.checks.push(Check::fail(
@@ -869,13 +896,13 @@ async fn aws(args: &RunArgs, base: Option<SecretCredentials>, report: &mut Repor
             return;
         }
     };
-    let regions = args.regions();
+    let regions = config.regions();
     let private = join_all(regions.iter().map(|region| {
         let source = EcrTokenSource::new(&sdk_config, region);
         async move { fetch(args, &source).await }
     }));
     let public = async {
-        if args.ecr_public {
+        if config.ecr_public {
             Some(fetch(args, &EcrPublicTokenSource::new(&sdk_config)).await)
         } else {
             None
@@ -894,7 +921,7 @@ async fn aws(args: &RunArgs, base: Option<SecretCredentials>, report: &mut Repor
             Ok(token) => Check::pass(
                 name,
                 describe_token(
-                    &token_hosts(&token, &args.registries),
+                    &token_hosts(&token, &config.registries),
                     token.expires_at,
                     now,
                 ),
@@ -916,7 +943,7 @@ async fn aws(args: &RunArgs, base: Option<SecretCredentials>, report: &mut Repor
             }
         });
     }
-    if !args.ecr_public {
+    if !config.ecr_public {
         report.checks.push(Check::skip(
             "aws ecr-public",
             "not configured (--ecr-public)",
@@ -946,9 +973,10 @@ async fn fetch(args: &RunArgs, source: &impl TokenSource) -> Result<Token, Fetch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cli, Command};
-    use crate::token::tests::token_at;
+    use crate::cli::args::{Cli, Command};
+    use crate::core::token::tests::token_at;
     use clap::Parser;
+    use std::time::Duration;
 
     fn args(extra: &[&str]) -> RunArgs {
         let mut argv = vec!["ecr-pull-secrets", "check", "--region", "eu-west-1"];
@@ -988,7 +1016,7 @@ mod tests {
             ]
         );
         // The shipped manifests name what the defaults need.
-        let shipped = include_str!("../deploy/common.yaml");
+        let shipped = include_str!("../../deploy/common.yaml");
         for name in [
             SHIPPED_SECRET_NAME,
             SHIPPED_LEASE_NAME,
@@ -1139,11 +1167,11 @@ mod tests {
             status.describe(),
             "patch ecrpullsecrets.ecr-pull-secrets.io (subresource status) in every namespace"
         );
-        let spec: crate::crd::EcrPullSecretSpec = serde_yaml_ng::from_str(
+        let spec: crate::core::crd::EcrPullSecretSpec = serde_yaml_ng::from_str(
             "secretName: team-pull\necrPublic: true\nserviceAccounts: [default]\ncredentials: {secretRef: {name: team-keys}}\n",
         )
         .unwrap();
-        let resource = spec.to_run_args(&base).unwrap();
+        let resource = spec.pipeline("team", &base.inherited()).unwrap();
         let extra = resource_permissions("team", &resource, &base, SHIPPED_NAMESPACE);
         let described: Vec<String> = extra.iter().map(Permission::describe).collect();
         for expected in [
@@ -1191,7 +1219,7 @@ mod tests {
         );
         assert_eq!(
             line,
-            "token for 123456789012.dkr.ecr.eu-west-1.amazonaws.com; expires 2027-01-15T20:00:00Z (in 11h 59m)"
+            "token for 123456789012.dkr.ecr.eu-west-1.amazonaws.com; expires 2027-01-15T20:00:00Z (in 11h59m)"
         );
         assert!(!line.contains("hunter2") && !line.contains(token.auth()));
         assert!(
@@ -1302,15 +1330,19 @@ mod tests {
 
     #[test]
     fn config_line_names_identities_and_credentials_never_the_external_id() {
-        let line = describe_config(&args(&[
-            "--ecr-public",
-            "--credentials-secret",
-            "aws",
-            "--role-arn",
-            "arn:aws:iam::123456789012:role/puller",
-            "--role-external-id",
-            "sesame",
-        ]));
+        let line = describe_config(
+            &args(&[
+                "--ecr-public",
+                "--credentials-secret",
+                "aws",
+                "--role-arn",
+                "arn:aws:iam::123456789012:role/puller",
+                "--role-external-id",
+                "sesame",
+            ])
+            .as_pipeline()
+            .unwrap(),
+        );
         assert_eq!(
             line,
             "secret ecr-pull-secret; identities eu-west-1, ecr-public; credentials Secret aws; role arn:aws:iam::123456789012:role/puller"

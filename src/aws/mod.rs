@@ -1,0 +1,6 @@
+//! AWS I/O: credentials (a watched Secret, an assumed role), the SDK configuration, ECR token
+//! fetches and the refresh loop.
+
+pub mod credentials;
+pub mod ecr;
+pub mod sdk;

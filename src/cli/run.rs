@@ -1,0 +1,258 @@
+//! `ecr-pull-secrets run`: wires credentials, token refresh, rendering and the namespace
+//! controller together, and shuts down cleanly on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::aws::credentials;
+use crate::cli::args::RunArgs;
+use crate::controller::AbortOnDrop;
+use crate::controller::admin::{self, AdminState};
+use crate::controller::pipeline::{self, Env};
+use crate::k8s::client::connect;
+use crate::k8s::leader::{self, Elector, Fence, LeaseConfig};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
+
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    // Validated before anything starts: a bad flag is an exit, not a retry loop.
+    let implicit = args.pipeline().map_err(Error::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    // Every replica serves probes and metrics, leader or not.
+    let state = AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let (address, admin) = admin::bind(&args.admin_address, state).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot listen on --admin-address {}: {e}; choose a free address (e.g. 0.0.0.0:8080)",
+            args.admin_address
+        ))
+    })?;
+    tracing::info!(address = %address, "admin server listening");
+    let admin = AbortOnDrop(tokio::spawn(admin));
+
+    let (stop_tx, stop) = watch::channel(false);
+    let signals = AbortOnDrop(tokio::spawn({
+        let health = health.clone();
+        async move {
+            shutdown_signal().await;
+            // Out of rotation first, then drain.
+            health.shutting_down.store(true, Ordering::SeqCst);
+            stop_tx.send_replace(true);
+        }
+    }));
+
+    let client = connect().await?;
+    preflight(&client, &args).await?;
+    if let Some(name) = &args.credentials_secret {
+        // Fail at start, on every replica, rather than when this one first leads.
+        credentials::load_from_secret(client.clone(), &own_namespace(&client, &args), name).await?;
+    }
+    health.started.store(true, Ordering::SeqCst);
+
+    let lease = LeaseConfig {
+        namespace: lease_namespace(&client, &args),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    tracing::info!(
+        identity = lease.identity,
+        lease = format!("{}/{}", lease.namespace, lease.name),
+        "contending for leadership"
+    );
+    let (leading_tx, mut leading) = watch::channel(false);
+    let fence = Fence::new(args.renew_deadline);
+    let election = AbortOnDrop(tokio::spawn(leader::run(
+        Elector::new(client.clone(), lease.clone()),
+        leading_tx,
+        fence.clone(),
+        metrics.clone(),
+        health.clone(),
+    )));
+
+    // Followers idle (and stay ready) until they lead or are told to stop.
+    let mut stopping = stop.clone();
+    tokio::select! {
+        led = leading.wait_for(|l| *l) => {
+            if led.is_err() {
+                return Err(Error::LostLeadership("the election ended unexpectedly".into()));
+            }
+        }
+        _ = stopping.wait_for(|s| *s) => {
+            tracing::info!("stopped while following");
+            tokio::time::sleep(args.shutdown_delay).await;
+            return Ok(());
+        }
+    }
+
+    // The leader's work is one future: dropped, with everything it spawned, the moment the
+    // lease is lost. The flag-configured secret and the EcrPullSecrets run side by side.
+    let env = Env {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        fence: fence.clone(),
+        api_timeout: args.api_timeout,
+        concurrency: args.concurrency,
+        namespace: own_namespace(&client, &args),
+        identity: args.identity.clone(),
+    };
+    let flags = async {
+        match &implicit {
+            Some(config) => pipeline::lead(config, &env, stop.clone()).await,
+            None => Ok(()),
+        }
+    };
+    let resources = async {
+        if args.resources {
+            let implicit_secret = implicit.as_ref().map(|c| c.secret_name.clone());
+            crate::controller::supervisor::serve(
+                env.clone(),
+                args.inherited(),
+                implicit_secret,
+                stop.clone(),
+            )
+            .await
+        } else {
+            Ok(())
+        }
+    };
+    let work = async { futures::try_join!(flags, resources).map(|_| ()) };
+    let result = tokio::select! {
+        result = work => result,
+        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
+            "the lease was not renewed within the renew deadline, or another replica took it; \
+             the leader's work was stopped, exiting so a fresh start can contend again".into(),
+        )),
+    };
+    drop(election);
+    if result.is_ok() {
+        // Hand over at once instead of letting the lease expire.
+        let elector = Elector::new(client, lease);
+        match tokio::time::timeout(args.api_timeout, elector.release()).await {
+            Ok(Ok(())) => tracing::info!("released the lease"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "could not release the lease; it expires by itself")
+            }
+            Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
+        }
+        tokio::time::sleep(args.shutdown_delay).await;
+    }
+    drop((admin, signals));
+    result
+}
+
+pub(crate) fn own_namespace(client: &Client, args: &RunArgs) -> String {
+    args.namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
+/// The host name plus a random suffix: unique even for two processes on one host.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "ecr-pull-secrets".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// One cheap list, so a missing RBAC rule or an unreachable API server stops us at start with
+/// a message instead of an endless retry loop.
+async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let params = ListParams::default().limit(1);
+    match tokio::time::timeout(args.api_timeout, namespaces.list_metadata(&params)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
+            "not allowed to list namespaces ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+            status.message
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: "cannot reach the Kubernetes API server (check KUBECONFIG or the in-cluster configuration)".into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer a namespace list within {:?}; check KUBECONFIG and connectivity",
+            args.api_timeout
+        ))),
+    }?;
+    lease_namespace_exists(client, args).await?;
+    if !args.resources {
+        return Ok(());
+    }
+    let resources: Api<crate::core::crd::EcrPullSecret> = Api::all(client.clone());
+    match tokio::time::timeout(args.api_timeout, resources.list_metadata(&params)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Err(Error::Config(
+            "--resources: the EcrPullSecret CRD is not installed; install it with `make install` or \
+             `kubectl apply -f deploy/crd/ecrpullsecrets.yaml`"
+                .into(),
+        )),
+        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
+            "--resources: not allowed to list ecrpullsecrets ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+            status.message
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: "listing EcrPullSecrets".into(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer an EcrPullSecret list within {:?}",
+            args.api_timeout
+        ))),
+    }
+}
+
+/// A Lease in a namespace that does not exist can never be created: the replica would follow
+/// forever while reporting ready.
+async fn lease_namespace_exists(client: &Client, args: &RunArgs) -> Result<(), Error> {
+    let namespace = lease_namespace(client, args);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match tokio::time::timeout(args.api_timeout, namespaces.get_metadata_opt(&namespace)).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(Error::Config(format!(
+            "the Lease's namespace {namespace:?} does not exist; create it, or set --lease-namespace \
+             (ECR_PULL_SECRETS_LEASE_NAMESPACE) or --namespace (POD_NAMESPACE) to the controller's own namespace"
+        ))),
+        Ok(Err(source)) => Err(Error::Kube {
+            context: format!("reading namespace {namespace} (the Lease's)"),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout(format!(
+            "the Kubernetes API server did not answer within {:?} (reading namespace {namespace})",
+            args.api_timeout
+        ))),
+    }
+}
+
+pub(crate) fn lease_namespace(client: &Client, args: &RunArgs) -> String {
+    args.lease_namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace(client, args))
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

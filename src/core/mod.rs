@@ -1,0 +1,14 @@
+//! Pure logic, no I/O: what a pipeline is configured to do, tokens as values, the rendered
+//! docker config, namespace selection, what marks a Secret as ours, backoff arithmetic.
+
+pub mod backoff;
+pub mod crd;
+pub mod meta;
+pub mod names;
+pub mod pipeline;
+pub mod registry;
+pub mod render;
+pub mod selection;
+pub mod service_accounts;
+pub mod time;
+pub mod token;

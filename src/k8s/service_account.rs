@@ -1,0 +1,89 @@
+//! Adding our pull secret to ServiceAccounts' `imagePullSecrets`, and removing it.
+//!
+//! The list is atomic (no merge key): any apply or merge patch replaces it whole. So: read,
+//! change only our entry, patch carrying the resourceVersion read, and on 409 read again.
+//! Another writer's entries are never dropped.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::core::meta::FIELD_MANAGER;
+
+pub use crate::core::service_accounts::with_entry;
+
+/// How many times a 409 (someone else wrote in between) is retried at once.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Makes `sa` (as last read) carry our entry or not. Returns whether it wrote.
+pub async fn set_entry(
+    client: &Client,
+    sa: ServiceAccount,
+    secret: &str,
+    present: bool,
+    timeout: Duration,
+    fence: &crate::k8s::leader::Fence,
+) -> Result<bool, Error> {
+    let namespace = sa.namespace().unwrap_or_default();
+    let name = sa.name_any();
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let context = || format!("ServiceAccount {namespace}/{name}");
+    let bounded =
+        |e: Result<Result<ServiceAccount, kube::Error>, tokio::time::error::Elapsed>| match e {
+            Ok(Ok(sa)) => Ok(Ok(sa)),
+            Ok(Err(kube::Error::Api(status))) if status.code == 409 || status.code == 404 => {
+                Ok(Err(status.code))
+            }
+            Ok(Err(source)) => Err(Error::Kube {
+                context: context(),
+                source,
+            }),
+            Err(_) => Err(Error::Timeout(format!(
+                "{} took longer than {timeout:?}",
+                context()
+            ))),
+        };
+    let mut current = sa;
+    for _ in 0..CONFLICT_RETRIES {
+        let Some(list) = with_entry(current.image_pull_secrets.as_deref(), secret, present) else {
+            return Ok(false);
+        };
+        // The resourceVersion makes the patch conditional: a concurrent writer gets us a 409.
+        let patch = json!({
+            "metadata": { "resourceVersion": current.resource_version() },
+            "imagePullSecrets": list,
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        fence.check()?;
+        let patched =
+            tokio::time::timeout(timeout, api.patch(&name, &params, &Patch::Merge(&patch))).await;
+        match bounded(patched)? {
+            Ok(_) => {
+                tracing::info!(
+                    namespace,
+                    service_account = name,
+                    secret,
+                    action = if present { "added" } else { "removed" },
+                    "patched ServiceAccount imagePullSecrets"
+                );
+                return Ok(true);
+            }
+            Err(404) => return Ok(false),
+            Err(_conflict) => match bounded(tokio::time::timeout(timeout, api.get(&name)).await)? {
+                Ok(fresh) => current = fresh,
+                Err(_) => return Ok(false),
+            },
+        }
+    }
+    Err(Error::Conflict(format!(
+        "{} changed {CONFLICT_RETRIES} times while we patched it; retrying later",
+        context()
+    )))
+}
