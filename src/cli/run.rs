@@ -17,6 +17,7 @@ use crate::controller::admin::{self, AdminState};
 use crate::controller::pipeline::{self, Env};
 use crate::k8s::client::connect;
 use crate::k8s::leader::{self, Elector, Fence, LeaseConfig};
+use crate::k8s::namespaces::Namespaces;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
@@ -99,7 +100,27 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     // The leader's work is one future: dropped, with everything it spawned, the moment the
     // lease is lost. The flag-configured secret and the EcrPullSecrets run side by side.
+    // One namespace watch for every pipeline, for as long as this replica leads. Labels are
+    // kept when any selection may read them (a resource may set a selector at any time).
+    let keep_labels = args.resources
+        || implicit
+            .as_ref()
+            .is_some_and(|c| c.selection.label_selector_string().is_some());
+    let (namespaces, namespace_watch) = Namespaces::watch(client.clone(), keep_labels, {
+        let metrics = metrics.clone();
+        move |error| {
+            tracing::warn!(error = %error, "namespace watch failed; retrying with backoff");
+            let text = error.to_string();
+            if text.contains("forbidden") {
+                metrics.problem(
+                    "Forbidden",
+                    format!("the namespace watch was refused: {text}; bind the controller's ServiceAccount to the shipped ClusterRole (docs/security.md)"),
+                );
+            }
+        }
+    });
     let env = Env {
+        namespaces,
         client: client.clone(),
         metrics: metrics.clone(),
         fence: fence.clone(),
@@ -128,7 +149,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             Ok(())
         }
     };
-    let work = async { futures::try_join!(flags, resources).map(|_| ()) };
+    let work = async {
+        tokio::select! {
+            result = async { futures::try_join!(flags, resources).map(|_| ()) } => result,
+            () = namespace_watch => Err(Error::Config(
+                "the namespace watch ended unexpectedly; stopping the leader's work so the process restarts clean".into(),
+            )),
+        }
+    };
     let result = tokio::select! {
         result = work => result,
         _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(

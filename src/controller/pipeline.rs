@@ -12,7 +12,8 @@ use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -21,13 +22,13 @@ use crate::aws::ecr::{self, EcrPublicTokenSource, EcrTokenSource};
 use crate::controller::AbortOnDrop;
 use crate::controller::reconcile::{self, Context, WriteLimiter, WrittenLog};
 use crate::core::backoff::{Exponential, Gate};
-use crate::core::meta::slim_namespace;
 use crate::core::pipeline::PipelineConfig;
 use crate::core::registry::RegistryHost;
 use crate::core::render::{self, Rendered};
 use crate::core::token::{Backoff, Token};
 use crate::k8s::events::Events;
 use crate::k8s::leader::Fence;
+use crate::k8s::namespaces::{NamespaceEvent, Namespaces};
 use crate::k8s::secret_cache::SecretCache;
 use crate::telemetry::metrics::Metrics;
 
@@ -50,6 +51,8 @@ pub struct Env {
     pub namespace: String,
     /// This replica's identity, on the Events it records.
     pub identity: Option<String>,
+    /// The one namespace watch and cache every pipeline reads.
+    pub namespaces: Namespaces,
 }
 
 /// The leader's work for one configuration (the flags, or one EcrPullSecret): token refresh
@@ -195,31 +198,48 @@ pub async fn lead(
         }
         .in_current_span()
     }));
-    // Metadata only: labels, annotations and deletion state are all selection needs.
-    let namespaces: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-    let (namespace_store, namespace_writer) = reflector::store();
-    // Labels matter only to a label selector.
-    let keep_labels = ctx.selection.label_selector_string().is_some();
-    // Our own namespace watch (rather than Controller::new's) so the queue-depth gauge sees
-    // every trigger, and forgets namespaces deleted before a worker took them.
-    let namespace_events = watcher(namespaces, watcher::Config::default())
-        .default_backoff()
-        .modify(move |ns| slim_namespace(ns, keep_labels))
-        .reflect(namespace_writer)
-        .inspect_ok({
-            let ctx = ctx.clone();
-            move |event| match event {
-                watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                    ctx.metrics.enqueued(&ns.name_any())
+    // The controller's one namespace watch, shared by every pipeline: its cache, and its
+    // events split into "check this namespace" and "check them all" (a new list, or events
+    // this pipeline fell too far behind to see).
+    let namespace_store = env.namespaces.store();
+    let (one_tx, one_rx) = mpsc::unbounded_channel::<ObjectRef<PartialObjectMeta<Namespace>>>();
+    let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
+    let mut subscription = env.namespaces.subscribe();
+    tasks.spawn({
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                let sent = match subscription.recv().await {
+                    Ok(NamespaceEvent::Applied(name)) => {
+                        ctx.metrics.enqueued(&name);
+                        one_tx.send(ObjectRef::new(&name)).is_ok()
+                    }
+                    // Gone: its state (say `failed`) must not outlive it in the metrics.
+                    Ok(NamespaceEvent::Deleted { name, uid }) => {
+                        ctx.forget_namespace(&name, uid.as_deref());
+                        true
+                    }
+                    Ok(NamespaceEvent::Listed) | Err(RecvError::Lagged(_)) => {
+                        all_tx.send(()).is_ok()
+                    }
+                    // The watch ended: the leader's work ends with it.
+                    Err(RecvError::Closed) => return,
+                };
+                if !sent {
+                    // The controller stopped (shutdown): nothing left to feed.
+                    std::future::pending::<()>().await;
                 }
-                // Gone: its state (say `failed`) must not outlive it in the metrics.
-                watcher::Event::Delete(ns) => {
-                    ctx.forget_namespace(&ns.name_any(), ns.uid().as_deref())
-                }
-                watcher::Event::Init | watcher::Event::InitDone => {}
             }
-        })
-        .applied_objects();
+        }
+        .in_current_span()
+    });
+    let one = futures::stream::unfold(
+        one_rx,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    );
+    let listed = futures::stream::unfold(all_rx, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
     let new_config = futures::stream::unfold(desired_rx, |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
@@ -249,15 +269,18 @@ pub async fn lead(
             }
         }
     });
-    let reconcile_all =
-        futures::stream::select(futures::stream::select(new_config, resync), expired).inspect({
-            let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
-            move |_| {
-                for ns in namespaces.state() {
-                    metrics.enqueued(&ns.name_any());
-                }
+    let reconcile_all = futures::stream::select(
+        futures::stream::select(new_config, resync),
+        futures::stream::select(expired, listed),
+    )
+    .inspect({
+        let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
+        move |_| {
+            for ns in namespaces.state() {
+                metrics.enqueued(&ns.name_any());
             }
-        });
+        }
+    });
     let count_trigger = {
         let metrics = metrics.clone();
         move |namespace: &Option<String>| {
@@ -270,8 +293,12 @@ pub async fn lead(
         count_trigger(&namespace);
         namespace.map(|ns| ObjectRef::new(&ns))
     };
-    let controller = Controller::for_stream(namespace_events, namespace_store)
+    // No stream of its own: `reconcile_on` and `reconcile_all_on` bring every trigger.
+    let no_watch =
+        futures::stream::pending::<Result<PartialObjectMeta<Namespace>, watcher::Error>>();
+    let controller = Controller::for_stream(no_watch, namespace_store)
         .with_config(ControllerConfig::default().concurrency(env.concurrency))
+        .reconcile_on(one)
         .watches_stream(secret_events, {
             let in_namespace = in_namespace.clone();
             move |secret| in_namespace(secret.namespace())

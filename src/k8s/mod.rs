@@ -6,5 +6,6 @@ pub mod cleanup;
 pub mod client;
 pub mod events;
 pub mod leader;
+pub mod namespaces;
 pub mod secret_cache;
 pub mod service_account;
