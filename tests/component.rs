@@ -7,19 +7,27 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use ecr_pull_secrets::controller::pipeline::Env;
 use ecr_pull_secrets::controller::reconcile::{Context, Outcome, WriteLimiter, Written};
+use ecr_pull_secrets::controller::supervisor::report_flags_status;
 use ecr_pull_secrets::core::backoff::{Exponential, Gate};
-use ecr_pull_secrets::core::meta::{FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, ours};
+use ecr_pull_secrets::core::meta::{
+    FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL, ours,
+};
 use ecr_pull_secrets::core::render::{Rendered, render};
 use ecr_pull_secrets::core::selection::{FLAGS, Selection};
 use ecr_pull_secrets::core::service_accounts::Targets;
 use ecr_pull_secrets::core::token::Token;
+use ecr_pull_secrets::k8s::cleanup::remove;
 use ecr_pull_secrets::k8s::events::Events;
 use ecr_pull_secrets::k8s::leader::Fence;
+use ecr_pull_secrets::k8s::namespaces::Namespaces;
 use ecr_pull_secrets::k8s::secret_cache::SecretCache;
 use ecr_pull_secrets::telemetry::metrics::Metrics;
 use http::{Request, Response};
-use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    LocalObjectReference, Namespace, ObjectReference, Secret, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
@@ -890,5 +898,212 @@ fn every_watch_in_src_backs_off() {
     assert!(
         watches >= 5,
         "found only {watches} watches; did the scan break?"
+    );
+}
+
+/// A Secret named `ecr-pull-secret` in `namespace` with our label; ours when `by_us` (our field
+/// manager set the label), else a copy of the label by kubectl.
+fn labelled_secret(namespace: &str, by_us: bool) -> Value {
+    let manager = if by_us {
+        "ecr-pull-secrets"
+    } else {
+        "kubectl-create"
+    };
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": {
+            "name": "ecr-pull-secret",
+            "namespace": namespace,
+            "uid": format!("uid-{namespace}"),
+            "resourceVersion": "5",
+            "labels": {MANAGED_LABEL: MANAGED_VALUE, OWNER_LABEL: "team"},
+            "managedFields": [{
+                "manager": manager,
+                "operation": "Apply",
+                "apiVersion": "v1",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:metadata": {"f:labels": {format!("f:{MANAGED_LABEL}"): {}}}}
+            }]
+        }
+    })
+}
+
+fn metadata_list(items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "9"},
+        "items": items
+    })
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_secrets_our_field_manager_labelled_each_with_its_uid() {
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let fence = Fence::open();
+    let removal = tokio::spawn({
+        let fence = fence.clone();
+        async move {
+            remove(
+                &client,
+                "ecr-pull-secret",
+                Some("team"),
+                false,
+                Duration::from_secs(5),
+                false,
+                &fence,
+            )
+            .await
+        }
+    });
+    let (request, send) = server.next_request().await.expect("the list");
+    let uri = request.uri().to_string();
+    assert_eq!(request.method(), "GET", "{uri}");
+    // Our name, our managed label and this resource's owner label: nothing else is listed.
+    for part in [
+        "fieldSelector=metadata.name%3Decr-pull-secret",
+        "ecr-pull-secrets.io%2Fowner%3Dteam",
+        "app.kubernetes.io%2Fmanaged-by%3Decr-pull-secrets",
+    ] {
+        assert!(uri.contains(part), "{uri} lacks {part}");
+    }
+    send.send_response(json_response(
+        200,
+        metadata_list(vec![
+            labelled_secret("a", true),
+            labelled_secret("copied", false),
+            labelled_secret("gone", true),
+        ]),
+    ));
+    for (namespace, answer) in [("a", 200), ("gone", 404)] {
+        let (request, send) = server.next_request().await.expect("a delete");
+        assert_eq!(request.method(), "DELETE");
+        assert_eq!(
+            request.uri().path(),
+            format!("/api/v1/namespaces/{namespace}/secrets/ecr-pull-secret")
+        );
+        let body = body_of(request).await;
+        assert_eq!(
+            body["preconditions"]["uid"],
+            format!("uid-{namespace}"),
+            "{body}"
+        );
+        send.send_response(if answer == 200 {
+            json_response(
+                200,
+                json!({"kind":"Status","apiVersion":"v1","status":"Success"}),
+            )
+        } else {
+            status(404, "NotFound")
+        });
+    }
+    let report = removal.await.unwrap().expect("removed");
+    assert_eq!(
+        report.secrets,
+        ["a/ecr-pull-secret", "gone/ecr-pull-secret"]
+    );
+    // The Secret whose label kubectl copied was never sent a delete.
+    assert!(server.next_request().await.is_none(), "no more requests");
+}
+
+#[tokio::test]
+async fn cleanup_behind_a_closed_fence_deletes_nothing() {
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let fence = Fence::new(Duration::from_secs(10));
+    let removal = tokio::spawn(async move {
+        remove(
+            &client,
+            "ecr-pull-secret",
+            None,
+            false,
+            Duration::from_secs(5),
+            false,
+            &fence,
+        )
+        .await
+    });
+    let (_, send) = server.next_request().await.expect("the list");
+    send.send_response(json_response(
+        200,
+        metadata_list(vec![labelled_secret("a", true)]),
+    ));
+    let error = removal
+        .await
+        .unwrap()
+        .expect_err("a never-renewed fence refuses");
+    assert!(
+        matches!(error, ecr_pull_secrets::Error::LostLeadership(_)),
+        "{error}"
+    );
+    assert!(server.next_request().await.is_none(), "no delete sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let metrics = Arc::new(Metrics::new());
+    let (namespaces, _watch) = Namespaces::watch(client.clone(), false, |_| {});
+    let env = Env {
+        client,
+        metrics: metrics.clone(),
+        fence: Fence::open(),
+        api_timeout: Duration::from_secs(5),
+        concurrency: 1,
+        namespace: "ecr".into(),
+        identity: Some("replica-a".into()),
+        namespaces,
+    };
+    let lease = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".into()),
+        kind: Some("Lease".into()),
+        name: Some("ecr-pull-secrets".into()),
+        namespace: Some("ecr".into()),
+        ..ObjectReference::default()
+    };
+    metrics.problem(
+        "CredentialsUnavailable",
+        "the credentials Secret ecr/aws does not exist".into(),
+    );
+    let _reporter = tokio::spawn(report_flags_status(env, lease));
+    let mut next_event = async || {
+        let (request, send) = server.next_request().await.expect("an Event");
+        assert_eq!(request.method(), "POST");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/ecr/events"
+        );
+        let body = body_of(request).await;
+        send.send_response(json_response(201, body.clone()));
+        body
+    };
+    let degraded = next_event().await;
+    assert_eq!(degraded["reason"], "CredentialsUnavailable", "{degraded}");
+    assert_eq!(degraded["type"], "Warning");
+    assert_eq!(degraded["regarding"]["kind"], "Lease");
+    assert_eq!(degraded["regarding"]["name"], "ecr-pull-secrets");
+    assert!(
+        degraded["note"]
+            .as_str()
+            .unwrap()
+            .contains("ecr/aws does not exist"),
+        "{degraded}"
+    );
+    // Fixed: a token and a synced namespace; the next verdict is Synced, a Normal Event.
+    metrics.token_fetched("us-east-1", SystemTime::now() + Duration::from_secs(43_200));
+    metrics.namespace_state("team-a", Some("synced"));
+    let synced = next_event().await;
+    assert_eq!(synced["reason"], "Synced", "{synced}");
+    assert_eq!(synced["type"], "Normal");
+    // Nothing changes: no more Events, however long it runs.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), server.next_request())
+            .await
+            .is_err(),
+        "an Event without a change"
     );
 }

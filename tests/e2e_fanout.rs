@@ -253,6 +253,35 @@ async fn a_foreign_secret_stays_byte_identical_and_an_event_explains_why() {
         Some(1.0),
         "{metrics}"
     );
+    // The flag-configured secret's verdict, as a resource's status would say it, is an Event
+    // on the controller's Lease (it has no object of its own).
+    let lease = format!("lease-{}", p.to_ascii_lowercase());
+    let all_events: Api<Event> = Api::all(client.clone());
+    let verdict = eventually(
+        "a SecretConflict Event on the Lease",
+        Duration::from_secs(10),
+        || async {
+            all_events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("Lease")
+                            && r.name.as_deref() == Some(lease.as_str())
+                    }) && e.reason.as_deref() == Some("SecretConflict")
+                })
+        },
+    )
+    .await;
+    assert_eq!(verdict.type_.as_deref(), Some("Warning"));
+    let note = verdict.note.unwrap_or_default();
+    assert!(
+        note.contains("1 namespace(s) hold a Secret with this name that is not ours"),
+        "{note}"
+    );
     delete_namespaces(&client, &[mine, theirs]).await;
 }
 

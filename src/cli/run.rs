@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::Client;
 use kube::api::{Api, ListParams};
 use tokio::sync::watch;
@@ -14,7 +14,8 @@ use crate::aws::credentials;
 use crate::cli::args::RunArgs;
 use crate::controller::AbortOnDrop;
 use crate::controller::admin::{self, AdminState};
-use crate::controller::pipeline::{self, Env};
+use crate::controller::pipeline::Env;
+use crate::core::pipeline::PipelineConfig;
 use crate::k8s::client::connect;
 use crate::k8s::leader::{self, Elector, Fence, LeaseConfig};
 use crate::k8s::namespaces::Namespaces;
@@ -23,11 +24,40 @@ use crate::telemetry::metrics::Metrics;
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Validated before anything starts: a bad flag is an exit, not a retry loop.
-    let implicit = args.pipeline().map_err(Error::Config)?;
+    let flags = args.pipeline().map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-
     // Every replica serves probes and metrics, leader or not.
+    let admin = serve_admin(&args, &health, &metrics).await?;
+    let (stop, signals) = on_signals(&health);
+    let client = start(&args, &health).await?;
+    let lease = lease_config(&client, &args);
+    let (fence, mut leading, election) = contend(&client, &lease, &args, &metrics, &health);
+    if !follow_until_leading(&mut leading, stop.clone(), args.shutdown_delay).await? {
+        return Ok(());
+    }
+    let result = tokio::select! {
+        result = lead(&args, flags, &client, &lease, fence, metrics, stop) => result,
+        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
+            "the lease was not renewed within the renew deadline, or another replica took it; \
+             the leader's work was stopped, exiting so a fresh start can contend again".into(),
+        )),
+    };
+    drop(election);
+    if result.is_ok() {
+        hand_over(client, lease, args.api_timeout).await;
+        tokio::time::sleep(args.shutdown_delay).await;
+    }
+    drop((admin, signals));
+    result
+}
+
+/// The admin listener (probes, metrics), served until dropped.
+async fn serve_admin(
+    args: &RunArgs,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> Result<AbortOnDrop<std::io::Result<()>>, Error> {
     let state = AdminState {
         health: health.clone(),
         metrics: metrics.clone(),
@@ -39,41 +69,60 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         ))
     })?;
     tracing::info!(address = %address, "admin server listening");
-    let admin = AbortOnDrop(tokio::spawn(admin));
+    Ok(AbortOnDrop(tokio::spawn(admin)))
+}
 
+/// SIGTERM or Ctrl-C: out of rotation first (readiness fails), then `stop` is sent.
+fn on_signals(health: &Arc<Health>) -> (watch::Receiver<bool>, AbortOnDrop<()>) {
     let (stop_tx, stop) = watch::channel(false);
-    let signals = AbortOnDrop(tokio::spawn({
-        let health = health.clone();
-        async move {
-            shutdown_signal().await;
-            // Out of rotation first, then drain.
-            health.shutting_down.store(true, Ordering::SeqCst);
-            stop_tx.send_replace(true);
-        }
+    let health = health.clone();
+    let signals = AbortOnDrop(tokio::spawn(async move {
+        shutdown_signal().await;
+        health.shutting_down.store(true, Ordering::SeqCst);
+        stop_tx.send_replace(true);
     }));
+    (stop, signals)
+}
 
+/// The client, and the checks that stop a misconfigured replica at start with a message
+/// (RBAC, CRD, the Lease's namespace, the credentials Secret) instead of a retry loop.
+async fn start(args: &RunArgs, health: &Health) -> Result<Client, Error> {
     let client = connect().await?;
-    preflight(&client, &args).await?;
+    preflight(&client, args).await?;
     if let Some(name) = &args.credentials_secret {
         // Fail at start, on every replica, rather than when this one first leads.
-        credentials::load_from_secret(client.clone(), &own_namespace(&client, &args), name).await?;
+        credentials::load_from_secret(client.clone(), &own_namespace(&client, args), name).await?;
     }
     health.started.store(true, Ordering::SeqCst);
+    Ok(client)
+}
 
-    let lease = LeaseConfig {
-        namespace: lease_namespace(&client, &args),
+fn lease_config(client: &Client, args: &RunArgs) -> LeaseConfig {
+    LeaseConfig {
+        namespace: lease_namespace(client, args),
         name: args.lease_name.clone(),
         identity: args.identity.clone().unwrap_or_else(default_identity),
         lease_duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
         retry_period: args.retry_period,
-    };
+    }
+}
+
+/// Starts the election: the write fence, whether this replica leads, and the renew loop
+/// (stopped when dropped).
+fn contend(
+    client: &Client,
+    lease: &LeaseConfig,
+    args: &RunArgs,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> (Fence, watch::Receiver<bool>, AbortOnDrop<()>) {
     tracing::info!(
         identity = lease.identity,
         lease = format!("{}/{}", lease.namespace, lease.name),
         "contending for leadership"
     );
-    let (leading_tx, mut leading) = watch::channel(false);
+    let (leading_tx, leading) = watch::channel(false);
     let fence = Fence::new(args.renew_deadline);
     let election = AbortOnDrop(tokio::spawn(leader::run(
         Elector::new(client.clone(), lease.clone()),
@@ -82,28 +131,45 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         metrics.clone(),
         health.clone(),
     )));
+    (fence, leading, election)
+}
 
-    // Followers idle (and stay ready) until they lead or are told to stop.
-    let mut stopping = stop.clone();
+/// Followers idle (and stay ready) until they lead (true) or are told to stop (false, after
+/// `--shutdown-delay`).
+async fn follow_until_leading(
+    leading: &mut watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    shutdown_delay: std::time::Duration,
+) -> Result<bool, Error> {
     tokio::select! {
-        led = leading.wait_for(|l| *l) => {
-            if led.is_err() {
-                return Err(Error::LostLeadership("the election ended unexpectedly".into()));
-            }
-        }
-        _ = stopping.wait_for(|s| *s) => {
+        led = leading.wait_for(|l| *l) => match led {
+            Ok(_) => Ok(true),
+            Err(_) => Err(Error::LostLeadership("the election ended unexpectedly".into())),
+        },
+        _ = stop.wait_for(|s| *s) => {
             tracing::info!("stopped while following");
-            tokio::time::sleep(args.shutdown_delay).await;
-            return Ok(());
+            tokio::time::sleep(shutdown_delay).await;
+            Ok(false)
         }
     }
+}
 
-    // The leader's work is one future: dropped, with everything it spawned, the moment the
-    // lease is lost. The flag-configured secret and the EcrPullSecrets run side by side.
-    // One namespace watch for every pipeline, for as long as this replica leads. Labels are
-    // kept when any selection may read them (a resource may set a selector at any time).
+/// The leader's work, one future: dropped, with everything it spawned, the moment the lease
+/// is lost. One namespace watch for every pipeline, and the supervisor of the pipelines (the
+/// flag-configured secret, and the EcrPullSecrets with --resources).
+async fn lead(
+    args: &RunArgs,
+    flags: Option<PipelineConfig>,
+    client: &Client,
+    lease: &LeaseConfig,
+    fence: Fence,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    // Labels are kept when any selection may read them (a resource may set a selector at any
+    // time).
     let keep_labels = args.resources
-        || implicit
+        || flags
             .as_ref()
             .is_some_and(|c| c.selection.label_selector_string().is_some());
     let (namespaces, namespace_watch) = Namespaces::watch(client.clone(), keep_labels, {
@@ -122,63 +188,46 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let env = Env {
         namespaces,
         client: client.clone(),
-        metrics: metrics.clone(),
-        fence: fence.clone(),
+        metrics,
+        fence,
         api_timeout: args.api_timeout,
         concurrency: args.concurrency,
-        namespace: own_namespace(&client, &args),
+        namespace: own_namespace(client, args),
         identity: args.identity.clone(),
     };
-    let flags = async {
-        match &implicit {
-            Some(config) => pipeline::lead(config, &env, stop.clone()).await,
-            None => Ok(()),
-        }
+    let lease_ref = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".into()),
+        kind: Some("Lease".into()),
+        name: Some(lease.name.clone()),
+        namespace: Some(lease.namespace.clone()),
+        ..ObjectReference::default()
     };
-    let resources = async {
-        if args.resources {
-            let implicit_secret = implicit.as_ref().map(|c| c.secret_name.clone());
-            crate::controller::supervisor::serve(
-                env.clone(),
-                args.inherited(),
-                implicit_secret,
-                stop.clone(),
-            )
-            .await
-        } else {
-            Ok(())
-        }
-    };
-    let work = async {
-        tokio::select! {
-            result = async { futures::try_join!(flags, resources).map(|_| ()) } => result,
-            () = namespace_watch => Err(Error::Config(
-                "the namespace watch ended unexpectedly; stopping the leader's work so the process restarts clean".into(),
-            )),
-        }
-    };
-    let result = tokio::select! {
-        result = work => result,
-        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
-            "the lease was not renewed within the renew deadline, or another replica took it; \
-             the leader's work was stopped, exiting so a fresh start can contend again".into(),
+    let pipelines = crate::controller::supervisor::serve(
+        env,
+        args.inherited(),
+        flags,
+        args.resources,
+        lease_ref,
+        stop,
+    );
+    tokio::select! {
+        result = pipelines => result,
+        () = namespace_watch => Err(Error::Config(
+            "the namespace watch ended unexpectedly; stopping the leader's work so the process restarts clean".into(),
         )),
-    };
-    drop(election);
-    if result.is_ok() {
-        // Hand over at once instead of letting the lease expire.
-        let elector = Elector::new(client, lease);
-        match tokio::time::timeout(args.api_timeout, elector.release()).await {
-            Ok(Ok(())) => tracing::info!("released the lease"),
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "could not release the lease; it expires by itself")
-            }
-            Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
-        }
-        tokio::time::sleep(args.shutdown_delay).await;
     }
-    drop((admin, signals));
-    result
+}
+
+/// Hands the lease over at once instead of letting it expire.
+async fn hand_over(client: Client, lease: LeaseConfig, api_timeout: std::time::Duration) {
+    let elector = Elector::new(client, lease);
+    match tokio::time::timeout(api_timeout, elector.release()).await {
+        Ok(Ok(())) => tracing::info!("released the lease"),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "could not release the lease; it expires by itself")
+        }
+        Err(_) => tracing::warn!("releasing the lease timed out; it expires by itself"),
+    }
 }
 
 pub(crate) fn own_namespace(client: &Client, args: &RunArgs) -> String {

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -55,21 +55,74 @@ pub struct Env {
     pub namespaces: Namespaces,
 }
 
+/// Namespace triggers as kube-runtime's Controller takes them.
+type Triggers<T> = futures::stream::BoxStream<'static, T>;
+type NamespaceRef = ObjectRef<PartialObjectMeta<Namespace>>;
+
 /// The leader's work for one configuration (the flags, or one EcrPullSecret): token refresh
 /// per identity, rendering, and the namespace controller. Returns after a graceful shutdown
-/// (in-flight writes finished).
+/// (in-flight writes finished), or with an error when a background task ends.
 pub async fn lead(
     config: &PipelineConfig,
     env: &Env,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let (client, metrics, fence) = (env.client.clone(), env.metrics.clone(), &env.fence);
-    let owner = config.owner.as_deref();
-    let stop_for_drain = stop.clone();
     let mut tasks = JoinSet::new();
+    let desired = start_tokens(config, env, &mut tasks).await?;
+    let (secret_cache, written, secret_events) = watch_secrets(config, env);
+    let (account_store, account_events) = watch_service_accounts(config, env);
+    let (ready_tx, caches_ready) = watch::channel(false);
+    let ctx = Arc::new(Context {
+        client: env.client.clone(),
+        secret_name: config.secret_name.clone(),
+        owner: config.owner.clone(),
+        selection: config.selection.clone(),
+        desired,
+        api_timeout: env.api_timeout,
+        secrets: secret_cache,
+        service_accounts: config.service_accounts.clone().zip(account_store.clone()),
+        adopt_existing: config.adopt_existing,
+        limiter: WriteLimiter::new(config.write_qps, config.write_burst),
+        gate: Gate::new(Exponential {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }),
+        written,
+        fence: env.fence.clone(),
+        events: Events::new(env.client.clone(), env.identity.clone()),
+        metrics: env.metrics.clone(),
+        caches_ready,
+    });
+    // Not in `tasks`: it ends by design.
+    let _caches_waiter = AbortOnDrop(tokio::spawn(
+        wait_for_caches(ctx.clone(), account_store, ready_tx).in_current_span(),
+    ));
+    let (one, listed) = follow_namespaces(env, &ctx, &mut tasks);
+    let all = reconcile_all_triggers(&ctx, env, listed);
+    let controller = run_controller(
+        env,
+        &ctx,
+        one,
+        all,
+        secret_events,
+        account_events,
+        stop.clone(),
+    );
+    let result = until_stopped_or_failed(controller, &mut tasks, stop, env.api_timeout).await;
+    tasks.shutdown().await;
+    result
+}
+
+/// The AWS configuration, one refresh task per identity and the renderer: the config to write,
+/// `None` until every identity has its first token.
+async fn start_tokens(
+    config: &PipelineConfig,
+    env: &Env,
+    tasks: &mut JoinSet<()>,
+) -> Result<watch::Receiver<Option<Arc<Rendered>>>, Error> {
+    let metrics = &env.metrics;
     let sdk_config =
-        crate::aws::sdk::for_pipeline(&client, &env.namespace, config, &metrics, &mut tasks)
-            .await?;
+        crate::aws::sdk::for_pipeline(&env.client, &env.namespace, config, metrics, tasks).await?;
     let regions = config.regions();
     tracing::info!(
         regions = regions.join(","),
@@ -81,10 +134,9 @@ pub async fn lead(
             .map_or("none", |r| r.role_arn.as_str()),
         registries = config.hosts(),
         secret = config.secret_name,
-        resource = owner.unwrap_or("none (flags)"),
+        resource = config.owner.as_deref().unwrap_or("none (flags)"),
         "starting"
     );
-
     let (tokens_tx, tokens_rx) = watch::channel(BTreeMap::new());
     for region in &regions {
         let source = EcrTokenSource::new(&sdk_config, region);
@@ -118,16 +170,28 @@ pub async fn lead(
         config.registries.clone(),
         desired_tx,
     ));
+    Ok(desired_rx)
+}
 
-    // Metadata of our Secrets only, selected by name server-side: the controller never sees
-    // another Secret, and never caches Secret data (`verify_all` hashes it page by page).
-    let secrets: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
+/// Metadata of our Secrets only, selected by name server-side: the controller never sees
+/// another Secret, and never caches Secret data (`verify_all` hashes it page by page). Returns
+/// the cache, the log of what we wrote (a deleted Secret is forgotten there) and the
+/// namespaces whose Secret changed.
+fn watch_secrets(
+    config: &PipelineConfig,
+    env: &Env,
+) -> (
+    SecretCache,
+    WrittenLog,
+    Triggers<Result<PartialObjectMeta<Secret>, watcher::Error>>,
+) {
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::all(env.client.clone());
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", config.secret_name));
-    let secret_cache = SecretCache::for_owner(owner);
+    let secret_cache = SecretCache::for_owner(config.owner.as_deref());
     let written: WrittenLog = Arc::default();
     let forget = written.clone();
-    let secret_events = watcher(secrets, secret_watch)
+    let events = watcher(secrets, secret_watch)
         .default_backoff()
         .inspect_ok({
             let cache = secret_cache.clone();
@@ -141,68 +205,67 @@ pub async fn lead(
                 forget.lock().expect("lock").remove(&namespace);
             }
         })
-        .touched_objects();
+        .touched_objects()
+        .boxed();
+    (secret_cache, written, events)
+}
 
-    let (account_store, account_events) = match &config.service_accounts {
-        Some(targets) => {
-            let accounts: Api<ServiceAccount> = Api::all(client.clone());
-            let (store, writer) = reflector::store();
-            let targets = targets.clone();
-            let events = watcher(accounts, watcher::Config::default())
-                .default_backoff()
-                .reflect(writer)
-                .touched_objects()
-                .try_filter(move |sa| std::future::ready(targets.matches(&sa.name_any())))
-                .boxed();
-            (Some(store), events)
-        }
-        None => (None, futures::stream::pending().boxed()),
+/// With `serviceAccounts`, a watch and cache of ServiceAccounts: the namespaces of the target
+/// ones that changed.
+fn watch_service_accounts(
+    config: &PipelineConfig,
+    env: &Env,
+) -> (
+    Option<Store<ServiceAccount>>,
+    Triggers<Result<ServiceAccount, watcher::Error>>,
+) {
+    let Some(targets) = config.service_accounts.clone() else {
+        return (None, futures::stream::pending().boxed());
     };
+    let accounts: Api<ServiceAccount> = Api::all(env.client.clone());
+    let (store, writer) = reflector::store();
+    let events = watcher(accounts, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .try_filter(move |sa| std::future::ready(targets.matches(&sa.name_any())))
+        .boxed();
+    (Some(store), events)
+}
 
-    let (ready_tx, caches_ready) = watch::channel(false);
-    let accounts_ready = account_store.clone();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        secret_name: config.secret_name.clone(),
-        owner: owner.map(str::to_string),
-        selection: config.selection.clone(),
-        desired: desired_rx.clone(),
-        api_timeout: env.api_timeout,
-        secrets: secret_cache,
-        service_accounts: config.service_accounts.clone().zip(account_store),
-        adopt_existing: config.adopt_existing,
-        limiter: WriteLimiter::new(config.write_qps, config.write_burst),
-        gate: Gate::new(Exponential {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-        }),
-        written,
-        fence: fence.clone(),
-        events: Events::new(client.clone(), env.identity.clone()),
-        metrics: metrics.clone(),
-        caches_ready,
-    });
-    // One waiter per store; reconciles wait on the channel. Not in `tasks`: it ends by design.
-    let _caches_waiter = AbortOnDrop(tokio::spawn({
-        let ctx = ctx.clone();
-        async move {
-            ctx.secrets.wait_until_ready().await;
-            if let Some(accounts) = accounts_ready
-                && accounts.wait_until_ready().await.is_err()
-            {
-                return;
-            }
-            // Our Secrets' data checked once, so reconciles trust what matches without a read.
-            verify_secrets(&ctx).await;
-            ready_tx.send_replace(true);
-        }
-        .in_current_span()
-    }));
-    // The controller's one namespace watch, shared by every pipeline: its cache, and its
-    // events split into "check this namespace" and "check them all" (a new list, or events
-    // this pipeline fell too far behind to see).
-    let namespace_store = env.namespaces.store();
-    let (one_tx, one_rx) = mpsc::unbounded_channel::<ObjectRef<PartialObjectMeta<Namespace>>>();
+/// A trigger for `namespace`, counted in the queue-depth gauge.
+fn in_namespace(metrics: &Metrics, namespace: Option<String>) -> Option<NamespaceRef> {
+    let namespace = namespace?;
+    metrics.enqueued(&namespace);
+    Some(ObjectRef::new(&namespace))
+}
+
+/// Opens the reconciles once every cache has its first full list and our Secrets' data was
+/// checked once (so reconciles trust what matches without a read).
+async fn wait_for_caches(
+    ctx: Arc<Context>,
+    accounts: Option<Store<ServiceAccount>>,
+    ready: watch::Sender<bool>,
+) {
+    ctx.secrets.wait_until_ready().await;
+    if let Some(accounts) = accounts
+        && accounts.wait_until_ready().await.is_err()
+    {
+        return;
+    }
+    verify_secrets(&ctx).await;
+    ready.send_replace(true);
+}
+
+/// The controller's one namespace watch, shared by every pipeline, split into "check this
+/// namespace" and "check them all" (a new list, or events this pipeline fell too far behind
+/// to see). A deleted namespace's state is forgotten here.
+fn follow_namespaces(
+    env: &Env,
+    ctx: &Arc<Context>,
+    tasks: &mut JoinSet<()>,
+) -> (Triggers<NamespaceRef>, Triggers<()>) {
+    let (one_tx, one_rx) = mpsc::unbounded_channel::<NamespaceRef>();
     let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let mut subscription = env.namespaces.subscribe();
     tasks.spawn({
@@ -237,22 +300,27 @@ pub async fn lead(
         one_rx,
         |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
     );
-    let listed = futures::stream::unfold(all_rx, |mut rx| async move {
+    let all = futures::stream::unfold(all_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
-    let new_config = futures::stream::unfold(desired_rx, |mut rx| async move {
+    (one.boxed(), all.boxed())
+}
+
+/// When every namespace is checked again (from the caches: no writes when in sync): a new
+/// config, the 15-minute resync (after the data sweep), the written config expiring without a
+/// replacement (so none still counts as synced), and `listed`.
+fn reconcile_all_triggers(ctx: &Arc<Context>, env: &Env, listed: Triggers<()>) -> Triggers<()> {
+    let new_config = futures::stream::unfold(ctx.desired.clone(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    // A safety net against anything a watch could miss: every namespace re-checked from the
-    // caches (no writes when in sync) on one timer, instead of a timer per namespace.
+    // A safety net against anything a watch could miss, on one timer instead of one per
+    // namespace.
     let resync = futures::stream::unfold(ctx.clone(), |ctx| async move {
         tokio::time::sleep(RESYNC_PERIOD).await;
         verify_secrets(&ctx).await;
         Some(((), ctx))
     });
-    // When the config written expires without a replacement (AWS failing for longer than the
-    // token lives), every namespace is re-checked so none still counts as synced.
     let expired = futures::stream::unfold(ctx.desired.clone(), |mut desired| async move {
         loop {
             let expires = desired.borrow_and_update().as_ref().map(|r| r.expires_at);
@@ -269,47 +337,52 @@ pub async fn lead(
             }
         }
     });
-    let reconcile_all = futures::stream::select(
+    let (metrics, namespaces) = (env.metrics.clone(), env.namespaces.store());
+    futures::stream::select(
         futures::stream::select(new_config, resync),
         futures::stream::select(expired, listed),
     )
-    .inspect({
-        let (metrics, namespaces) = (metrics.clone(), namespace_store.clone());
-        move |_| {
-            for ns in namespaces.state() {
-                metrics.enqueued(&ns.name_any());
-            }
+    .inspect(move |_| {
+        for ns in namespaces.state() {
+            metrics.enqueued(&ns.name_any());
         }
-    });
-    let count_trigger = {
-        let metrics = metrics.clone();
-        move |namespace: &Option<String>| {
-            if let Some(namespace) = namespace {
-                metrics.enqueued(namespace);
-            }
-        }
-    };
-    let in_namespace = move |namespace: Option<String>| {
-        count_trigger(&namespace);
-        namespace.map(|ns| ObjectRef::new(&ns))
-    };
-    // No stream of its own: `reconcile_on` and `reconcile_all_on` bring every trigger.
+    })
+    .boxed()
+}
+
+/// The namespace controller over the shared namespace cache: `concurrency` workers, fed by
+/// the triggers, until `stop` (graceful: in-flight reconciles finish).
+fn run_controller(
+    env: &Env,
+    ctx: &Arc<Context>,
+    one: Triggers<NamespaceRef>,
+    all: Triggers<()>,
+    secret_events: Triggers<Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    account_events: Triggers<Result<ServiceAccount, watcher::Error>>,
+    mut stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    // No stream of its own: `reconcile_on` and `reconcile_all_on` bring the namespace triggers.
     let no_watch =
         futures::stream::pending::<Result<PartialObjectMeta<Namespace>, watcher::Error>>();
-    let controller = Controller::for_stream(no_watch, namespace_store)
+    let metrics = env.metrics.clone();
+    let ctx = ctx.clone();
+    Controller::for_stream(no_watch, env.namespaces.store())
         .with_config(ControllerConfig::default().concurrency(env.concurrency))
         .reconcile_on(one)
         .watches_stream(secret_events, {
-            let in_namespace = in_namespace.clone();
-            move |secret| in_namespace(secret.namespace())
+            let metrics = metrics.clone();
+            move |secret| in_namespace(&metrics, secret.namespace())
         })
-        .watches_stream(account_events, move |sa| in_namespace(sa.namespace()))
-        .reconcile_all_on(reconcile_all)
+        .watches_stream(account_events, {
+            let metrics = metrics.clone();
+            move |sa| in_namespace(&metrics, sa.namespace())
+        })
+        .reconcile_all_on(all)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-        .for_each(|result| {
+        .for_each(move |result| {
             let (metrics, ctx) = (metrics.clone(), ctx.clone());
             async move {
                 match result {
@@ -331,25 +404,32 @@ pub async fn lead(
                     }
                 }
             }
-        });
-    // Drain in-flight writes on shutdown, but never for longer than one API deadline (the
-    // controller's graceful shutdown can stall if it comes before its first list).
-    let mut deadline = stop_for_drain;
-    let drain_limit = env.api_timeout + Duration::from_secs(1);
-    let result = tokio::select! {
+        })
+}
+
+/// Runs the controller until it stops (graceful shutdown), but never drains for longer than
+/// one API deadline after `stop` (the controller's graceful shutdown can stall if it comes
+/// before its first list); a background task that ends (or panics) is an error: it would
+/// leave the pipeline leading, ready and never refreshing again.
+async fn until_stopped_or_failed(
+    controller: impl std::future::Future<Output = ()>,
+    tasks: &mut JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+    api_timeout: Duration,
+) -> Result<(), Error> {
+    let drain_limit = api_timeout + Duration::from_secs(1);
+    tokio::select! {
         _ = controller => {
             tracing::info!("stopped leading: in-flight work finished");
             Ok(())
         }
         _ = async {
-            let _ = deadline.wait_for(|s| *s).await;
+            let _ = stop.wait_for(|s| *s).await;
             tokio::time::sleep(drain_limit).await;
         } => {
             tracing::warn!("stopped leading: in-flight work did not finish within {drain_limit:?}");
             Ok(())
         }
-        // Token refresh, rendering and the credentials watch run until dropped: one that ends
-        // (or panics) would leave the replica leading, ready and never refreshing again.
         Some(ended) = tasks.join_next() => Err(Error::Config(format!(
             "a background task of the leader ended unexpectedly ({}); stopping the leader's work so \
              the process restarts clean",
@@ -358,9 +438,7 @@ pub async fn lead(
                 Err(e) => e.to_string(),
             }
         ))),
-    };
-    tasks.shutdown().await;
-    result
+    }
 }
 
 /// Runs [`Context::verify_all`]; on failure reconciles read each Secret they cannot trust.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -27,21 +28,42 @@ use crate::core::crd::{
 };
 use crate::core::pipeline::{Inherited, PipelineConfig};
 use crate::core::time::rfc3339;
+use crate::k8s::events::Events;
 use crate::telemetry::metrics::{Problem, TokenHealth};
 
+/// How a resource, and the flag-configured secret, take over a Secret that is not theirs.
+const ADOPT_BY_SPEC: &str = "set spec.adoptExisting: true";
+const ADOPT_BY_FLAG: &str = "start the controller with --adopt-existing";
 /// How often a running resource's status is recomputed (written only when it changed).
 const STATUS_PERIOD: Duration = Duration::from_secs(2);
 /// Field manager of status writes.
 const STATUS_MANAGER: &str = "ecr-pull-secrets";
 
-/// Serves every EcrPullSecret until `stop`; `implicit_secret` is the flag-configured
-/// controller's secret name, which no resource may reuse.
+/// Serves the flag-configured secret (`flags`, when the flags configure one) and, with
+/// `resources`, every EcrPullSecret, until `stop`. The flag-configured secret is one more
+/// pipeline under the same rules: started, retried with backoff when it cannot start, and its
+/// state reported (log and Events on the Lease `lease`); its secret name is reserved, so no
+/// resource may reuse it.
 pub async fn serve(
     env: Env,
     inherited: Inherited,
-    implicit_secret: Option<String>,
+    flags: Option<PipelineConfig>,
+    resources: bool,
+    lease: ObjectReference,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    let implicit_secret = flags.as_ref().map(|f| f.secret_name.clone());
+    let implicit = flags.map(|config| {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Running {
+            uid: String::new(),
+            generation: 0,
+            metrics: env.metrics.clone(),
+            stop: stop_tx,
+            pipeline: Some(tokio::spawn(keep_running(config, env.clone(), stop_rx))),
+            status: tokio::spawn(report_flags_status(env.clone(), lease)),
+        }
+    });
     let api: Api<EcrPullSecret> = Api::all(env.client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let supervisor = Arc::new(Supervisor {
@@ -53,24 +75,29 @@ pub async fn serve(
         running: Mutex::new(HashMap::new()),
     });
     let mut deadline = stop.clone();
-    let supervised = controller
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .run(reconcile, error_policy, supervisor.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::warn!(error = %error, "EcrPullSecret reconcile failed; retrying");
-            }
-        });
-    // A graceful shutdown can stall before the first list: bounded as in `pipeline::lead`.
-    let drain_limit = supervisor.env.api_timeout + Duration::from_secs(1);
-    tokio::select! {
-        _ = supervised => {}
-        _ = async {
-            let _ = deadline.wait_for(|s| *s).await;
-            tokio::time::sleep(drain_limit).await;
-        } => tracing::warn!("EcrPullSecret reconciles did not finish within {drain_limit:?}"),
+    if resources {
+        let supervised = controller
+            .graceful_shutdown_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .run(reconcile, error_policy, supervisor.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::warn!(error = %error, "EcrPullSecret reconcile failed; retrying");
+                }
+            });
+        // A graceful shutdown can stall before the first list: bounded as in `pipeline::lead`.
+        let drain_limit = supervisor.env.api_timeout + Duration::from_secs(1);
+        tokio::select! {
+            _ = supervised => {}
+            _ = async {
+                let _ = deadline.wait_for(|s| *s).await;
+                tokio::time::sleep(drain_limit).await;
+            } => tracing::warn!("EcrPullSecret reconciles did not finish within {drain_limit:?}"),
+        }
+    } else {
+        drop(controller);
+        let _ = stop.wait_for(|s| *s).await;
     }
     // Then stop every pipeline; each drains its in-flight writes.
     let running: Vec<Running> = supervisor
@@ -79,6 +106,7 @@ pub async fn serve(
         .await
         .drain()
         .map(|(_, r)| r)
+        .chain(implicit)
         .collect();
     futures::future::join_all(
         running
@@ -87,6 +115,57 @@ pub async fn serve(
     )
     .await;
     Ok(())
+}
+
+/// Reports the flag-configured pipeline's state as a resource's status would be computed:
+/// each change of its Ready verdict is logged and recorded as an Event on the Lease (the
+/// controller's one object), so `kubectl describe lease` and `kubectl get events` show why the
+/// flag-configured secret is not in sync.
+pub async fn report_flags_status(env: Env, lease: ObjectReference) {
+    let events = Events::new(env.client.clone(), env.identity.clone());
+    let mut conditions: Vec<Condition> = Vec::new();
+    let mut reported: Option<(String, String)> = None;
+    loop {
+        let status = status_of(
+            ADOPT_BY_FLAG,
+            0,
+            &env.metrics.token_health(),
+            &env.metrics.state_counts(),
+            env.metrics.current_problem().as_ref(),
+            &conditions,
+            SystemTime::now(),
+        );
+        conditions = status.conditions;
+        if let Some(ready) = conditions.iter().find(|c| c.type_ == "Ready") {
+            let verdict = (ready.status.clone(), ready.reason.clone());
+            // Waiting for the first token is not news; every later change is.
+            if reported.as_ref() != Some(&verdict)
+                && !(reported.is_none() && ready.reason == "Progressing")
+            {
+                let healthy = ready.status == "True";
+                if healthy {
+                    tracing::info!(
+                        reason = ready.reason,
+                        "flag-configured secret: {}",
+                        ready.message
+                    );
+                } else {
+                    tracing::warn!(
+                        reason = ready.reason,
+                        "flag-configured secret: {}",
+                        ready.message
+                    );
+                }
+                if env.fence.check().is_ok() {
+                    events
+                        .report(&lease, !healthy, &ready.reason, ready.message.clone())
+                        .await;
+                }
+                reported = Some(verdict);
+            }
+        }
+        tokio::time::sleep(STATUS_PERIOD).await;
+    }
 }
 
 struct Supervisor {
@@ -381,7 +460,8 @@ impl Supervisor {
 /// Runs one resource's pipeline until `stop` (sent by [`Running::stop`], also on shutdown);
 /// when it cannot start (credentials Secret missing, say) records why and retries with backoff.
 async fn keep_running(config: PipelineConfig, env: Env, stop: watch::Receiver<bool>) {
-    let name = config.owner.clone().unwrap_or_default();
+    // The flag-configured pipeline has no resource name.
+    let name = config.owner.clone().unwrap_or_else(|| "(flags)".into());
     let metrics = env.metrics.clone();
     // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
     let backoff = crate::core::backoff::Exponential {
@@ -390,9 +470,13 @@ async fn keep_running(config: PipelineConfig, env: Env, stop: watch::Receiver<bo
     };
     let mut failures = 0u32;
     loop {
+        // A resource's name on every log line of its pipeline, token refreshes included.
+        let span = match &config.owner {
+            Some(owner) => tracing::info_span!("resource", name = owner.as_str()),
+            None => tracing::Span::current(),
+        };
         let result = pipeline::lead(&config, &env, stop.clone())
-            // The resource's name on every log line of its pipeline, token refreshes included.
-            .instrument(tracing::info_span!("resource", name = name.as_str()))
+            .instrument(span)
             .await;
         match result {
             Ok(()) => break,
@@ -427,6 +511,7 @@ async fn write_status(
 ) {
     loop {
         let status = status_of(
+            ADOPT_BY_SPEC,
             generation,
             &metrics.token_health(),
             &metrics.state_counts(),
@@ -474,6 +559,7 @@ async fn patch_status(
 /// The status from what a pipeline observed: counts, token health and the latest problem.
 /// Ready is True only when nothing needs attention; Degraded says what does.
 pub fn status_of(
+    adopt: &str,
     generation: i64,
     tokens: &BTreeMap<String, TokenHealth>,
     counts: &BTreeMap<&'static str, u32>,
@@ -548,7 +634,7 @@ pub fn status_of(
             "SecretConflict",
             format!(
                 "{} namespace(s) hold a Secret with this name that is not ours (left untouched); \
-                 delete or rename it there, or set spec.adoptExisting: true",
+                 delete or rename it there, or {adopt}",
                 namespaces.conflict
             ),
         ))
@@ -697,7 +783,7 @@ mod tests {
     fn status_table() {
         let tokens = BTreeMap::from([("us-east-1".to_string(), healthy_token(43200))]);
         let synced = BTreeMap::from([("synced", 3), ("excluded", 5)]);
-        let status = status_of(4, &tokens, &synced, None, &[], t(10));
+        let status = status_of(ADOPT_BY_SPEC, 4, &tokens, &synced, None, &[], t(10));
         assert_eq!(reason(&status, "Ready"), ("True".into(), "Synced".into()));
         assert_eq!(
             reason(&status, "Degraded"),
@@ -711,7 +797,15 @@ mod tests {
         );
 
         // Nothing fetched yet: progressing, not degraded.
-        let status = status_of(1, &BTreeMap::new(), &BTreeMap::new(), None, &[], t(0));
+        let status = status_of(
+            ADOPT_BY_SPEC,
+            1,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            None,
+            &[],
+            t(0),
+        );
         assert_eq!(
             reason(&status, "Ready"),
             ("False".into(), "Progressing".into())
@@ -722,7 +816,7 @@ mod tests {
         let health = failing.get_mut("us-east-1").unwrap();
         health.consecutive_failures = 3;
         health.last_error = Some("ThrottlingException".into());
-        let status = status_of(4, &failing, &synced, None, &[], t(10));
+        let status = status_of(ADOPT_BY_SPEC, 4, &failing, &synced, None, &[], t(10));
         assert_eq!(
             reason(&status, "Degraded"),
             ("True".into(), "TokenRefreshFailing".into())
@@ -738,13 +832,13 @@ mod tests {
         );
 
         let counts = BTreeMap::from([("synced", 3), ("failed", 1), ("conflict", 1)]);
-        let status = status_of(4, &tokens, &counts, None, &[], t(10));
+        let status = status_of(ADOPT_BY_SPEC, 4, &tokens, &counts, None, &[], t(10));
         assert_eq!(
             reason(&status, "Ready"),
             ("False".into(), "NamespacesFailing".into())
         );
         let counts = BTreeMap::from([("synced", 3), ("conflict", 1)]);
-        let status = status_of(4, &tokens, &counts, None, &[], t(10));
+        let status = status_of(ADOPT_BY_SPEC, 4, &tokens, &counts, None, &[], t(10));
         assert_eq!(
             reason(&status, "Degraded"),
             ("True".into(), "SecretConflict".into())
@@ -756,7 +850,15 @@ mod tests {
             message: "add it".into(),
             at: t(5),
         };
-        let status = status_of(4, &tokens, &synced, Some(&problem), &[], t(10));
+        let status = status_of(
+            ADOPT_BY_SPEC,
+            4,
+            &tokens,
+            &synced,
+            Some(&problem),
+            &[],
+            t(10),
+        );
         assert_eq!(
             reason(&status, "Degraded"),
             ("True".into(), "Forbidden".into())
@@ -767,15 +869,31 @@ mod tests {
     fn transition_time_moves_only_when_the_status_changes() {
         let tokens = BTreeMap::from([("us-east-1".to_string(), healthy_token(43200))]);
         let counts = BTreeMap::from([("synced", 1)]);
-        let first = status_of(1, &tokens, &counts, None, &[], t(10));
+        let first = status_of(ADOPT_BY_SPEC, 1, &tokens, &counts, None, &[], t(10));
         let counts = BTreeMap::from([("synced", 2)]);
-        let second = status_of(1, &tokens, &counts, None, &first.conditions, t(20));
+        let second = status_of(
+            ADOPT_BY_SPEC,
+            1,
+            &tokens,
+            &counts,
+            None,
+            &first.conditions,
+            t(20),
+        );
         assert_eq!(
             first.conditions[0].last_transition_time,
             second.conditions[0].last_transition_time
         );
         let counts = BTreeMap::from([("synced", 2), ("failed", 1)]);
-        let third = status_of(1, &tokens, &counts, None, &second.conditions, t(30));
+        let third = status_of(
+            ADOPT_BY_SPEC,
+            1,
+            &tokens,
+            &counts,
+            None,
+            &second.conditions,
+            t(30),
+        );
         assert_ne!(
             second.conditions[0].last_transition_time,
             third.conditions[0].last_transition_time

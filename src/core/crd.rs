@@ -23,6 +23,7 @@ use crate::core::pipeline::{
 use crate::core::registry::{RegistryHost, RegistryHostError, dns_suffix};
 use crate::core::selection::{SPEC, Selection};
 use crate::core::service_accounts::Targets;
+use crate::core::token::RefreshPolicy;
 
 pub use crate::core::meta::OWNER_LABEL;
 
@@ -387,8 +388,42 @@ impl EcrPullSecretSpec {
                 self.secret_name
             ));
         }
-        let registries = self
-            .registries
+        let registries = self.registry_hosts()?;
+        if registries.is_empty() && !self.ecr_public {
+            return Err(
+                "spec: name at least one registry in spec.registries, or set spec.ecrPublic: true"
+                    .into(),
+            );
+        }
+        let service_accounts = match &self.service_accounts {
+            Some(names) => Some(
+                names
+                    .join(",")
+                    .parse::<Targets>()
+                    .map_err(|e| format!("spec.serviceAccounts: {e}"))?,
+            ),
+            None => None,
+        };
+        let (write_qps, write_burst) = self.write_limits(inherited)?;
+        Ok(PipelineConfig {
+            secret_name: self.secret_name.clone(),
+            owner: Some(name.to_string()),
+            registries,
+            region: None,
+            ecr_public: self.ecr_public,
+            selection: self.selection()?,
+            service_accounts,
+            adopt_existing: self.adopt_existing,
+            identity: self.identity(inherited)?,
+            refresh: self.refresh_policy(inherited)?,
+            write_qps,
+            write_burst,
+        })
+    }
+
+    /// `spec.registries`: each a host, or an account and region.
+    fn registry_hosts(&self) -> Result<Vec<RegistryHost>, String> {
+        self.registries
             .iter()
             .map(|r| {
                 let host = match (&r.host, &r.account_id, &r.region) {
@@ -406,13 +441,11 @@ impl EcrPullSecretSpec {
                 host.parse::<RegistryHost>()
                     .map_err(|e: RegistryHostError| format!("spec.registries: {e}"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        if registries.is_empty() && !self.ecr_public {
-            return Err(
-                "spec: name at least one registry in spec.registries, or set spec.ecrPublic: true"
-                    .into(),
-            );
-        }
+            .collect()
+    }
+
+    /// `spec.namespaces`.
+    fn selection(&self) -> Result<Selection, String> {
         let namespaces = self.namespaces.clone().unwrap_or_default();
         let selector = match &namespaces.selector {
             Some(selector) => {
@@ -420,62 +453,58 @@ impl EcrPullSecretSpec {
             }
             None => None,
         };
-        let selection = Selection::new(
+        Selection::new(
             &SPEC,
             &namespaces.include,
             &namespaces.exclude,
             selector.as_deref(),
         )
-        .map_err(|e| e.to_string())?;
-        let service_accounts = match &self.service_accounts {
-            Some(names) => Some(
-                names
-                    .join(",")
-                    .parse::<Targets>()
-                    .map_err(|e| format!("spec.serviceAccounts: {e}"))?,
-            ),
+        .map_err(|e| e.to_string())
+    }
+
+    /// Without spec.credentials the resource is the controller's own identity (its credentials
+    /// and role); with it, its secretRef (else the controller's base credentials) and only its
+    /// own role.
+    fn identity(&self, inherited: &Inherited) -> Result<AwsIdentity, String> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(inherited.identity.clone());
+        };
+        let role = match &credentials.role_arn {
+            Some(arn) => {
+                validate_role_arn("spec.credentials.roleArn", arn)?;
+                Some(AssumeRole {
+                    role_arn: arn.clone(),
+                    external_id: credentials.external_id.clone(),
+                    session_name: credentials
+                        .role_session_name
+                        .clone()
+                        .unwrap_or_else(|| "ecr-pull-secrets".into()),
+                })
+            }
             None => None,
         };
-        // Without spec.credentials the resource is the controller's own identity (its
-        // credentials and role); with it, its secretRef (else the controller's base
-        // credentials) and only its own role.
-        let identity = match &self.credentials {
-            None => inherited.identity.clone(),
-            Some(credentials) => {
-                let role = match &credentials.role_arn {
-                    Some(arn) => {
-                        validate_role_arn("spec.credentials.roleArn", arn)?;
-                        Some(AssumeRole {
-                            role_arn: arn.clone(),
-                            external_id: credentials.external_id.clone(),
-                            session_name: credentials
-                                .role_session_name
-                                .clone()
-                                .unwrap_or_else(|| "ecr-pull-secrets".into()),
-                        })
-                    }
-                    None => None,
-                };
-                AwsIdentity {
-                    credentials_secret: match &credentials.secret_ref {
-                        Some(secret) => Some(secret.name.clone()),
-                        None => inherited.identity.credentials_secret.clone(),
-                    },
-                    role,
-                }
-            }
-        };
-        let refresh_spec = self.refresh.clone().unwrap_or_default();
+        Ok(AwsIdentity {
+            credentials_secret: match &credentials.secret_ref {
+                Some(secret) => Some(secret.name.clone()),
+                None => inherited.identity.credentials_secret.clone(),
+            },
+            role,
+        })
+    }
+
+    /// `spec.refresh` over the controller's refresh policy.
+    fn refresh_policy(&self, inherited: &Inherited) -> Result<RefreshPolicy, String> {
+        let spec = self.refresh.clone().unwrap_or_default();
         let mut refresh = inherited.refresh;
-        if let Some(margin) = &refresh_spec.margin {
+        if let Some(margin) = &spec.margin {
             let margin =
                 parse_go_duration(margin).map_err(|e| format!("spec.refresh.margin: {e}"))?;
             refresh.margin = within("spec.refresh.margin", margin, REFRESH_MARGIN)?;
         }
-        if let Some(fraction) = refresh_spec.fraction {
+        if let Some(fraction) = spec.fraction {
             refresh.fraction = fraction_within("spec.refresh.fraction", fraction)?;
         }
-        if let Some(frequency) = &refresh_spec.frequency {
+        if let Some(frequency) = &spec.frequency {
             let frequency =
                 parse_go_duration(frequency).map_err(|e| format!("spec.refresh.frequency: {e}"))?;
             refresh.max_interval = Some(within(
@@ -484,29 +513,21 @@ impl EcrPullSecretSpec {
                 MAX_REFRESH_INTERVAL,
             )?);
         }
+        Ok(refresh)
+    }
+
+    /// `spec.writes` (qps, burst) over the controller's write limits.
+    fn write_limits(&self, inherited: &Inherited) -> Result<(u32, u32), String> {
         let writes = self.writes.clone().unwrap_or_default();
-        let write_qps = match writes.qps {
+        let qps = match writes.qps {
             Some(qps) => writes_within("spec.writes.qps", qps.into())?,
             None => inherited.write_qps,
         };
-        let write_burst = match writes.burst {
+        let burst = match writes.burst {
             Some(burst) => writes_within("spec.writes.burst", burst.into())?,
             None => inherited.write_burst,
         };
-        Ok(PipelineConfig {
-            secret_name: self.secret_name.clone(),
-            owner: Some(name.to_string()),
-            registries,
-            region: None,
-            ecr_public: self.ecr_public,
-            selection,
-            service_accounts,
-            adopt_existing: self.adopt_existing,
-            identity,
-            refresh,
-            write_qps,
-            write_burst,
-        })
+        Ok((qps, burst))
     }
 }
 

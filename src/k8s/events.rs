@@ -70,6 +70,31 @@ impl Events {
     }
 
     /// Forget a namespace's history (it left the selection or was fixed).
+    /// An Event on `regarding` (a controller-level object such as the Lease): Warning or
+    /// Normal, with the reason and note of a status condition.
+    pub async fn report(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Sync".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(reason, error = %error, "could not publish an Event");
+        }
+    }
+
     pub fn clear(&self, namespace: &str) {
         self.recent
             .lock()
