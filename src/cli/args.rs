@@ -64,15 +64,24 @@ pub enum OutputFormat {
     Json,
 }
 
-/// The flags of `status`: those of `run` that decide what should be where, with the same names,
-/// environment variables and defaults (a unit test keeps them equal).
+// ---------------------------------------------------------------------------------------------
+// Flag groups: each flag shared by several commands is defined once, in one group, and
+// flattened into every command that takes it (same name, environment variable and default).
+
+/// The pull secret's name: `run`, `status` and `cleanup` (and `check`, which takes `run`'s
+/// flags).
 #[derive(Debug, Clone, Args)]
-pub struct StatusArgs {
+pub struct SecretArgs {
     /// Name of the pull secret in each namespace.
     #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
     pub secret_name: String,
+}
 
-    /// Only these namespaces should hold the secret: names or globs (team-*), comma-separated.
+/// What should be where: the namespaces that hold the secret and the ServiceAccounts that carry
+/// it. `run` writes it, `status` compares against it.
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Only these namespaces hold the secret: names or globs (team-*), comma-separated.
     /// Default: every namespace.
     #[arg(
         long,
@@ -90,32 +99,75 @@ pub struct StatusArgs {
     )]
     pub exclude_namespaces: Vec<String>,
 
-    /// Only namespaces whose labels match this selector (kubectl -l syntax). The annotation
-    /// ecr-pull-secrets.io/exclude=true opts a namespace out.
+    /// Only namespaces whose labels match this selector (kubectl -l syntax), e.g.
+    /// 'env=prod,team in (a,b)'. A namespace can also opt out with the annotation
+    /// ecr-pull-secrets.io/exclude=true.
     #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
     pub namespace_selector: Option<String>,
 
-    /// Also check that these ServiceAccounts (names, or * for all) carry the secret in
-    /// imagePullSecrets in every selected namespace. Default: not checked.
+    /// ServiceAccounts that carry the pull secret in imagePullSecrets in every selected
+    /// namespace (`run` adds it, `status` checks it): names (e.g. default), or * for all.
+    /// Default: none.
     #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
     pub service_accounts: Option<Targets>,
+}
 
-    /// The controller's namespace, where its Lease is by default. Default: POD_NAMESPACE, else
-    /// the kubeconfig's namespace.
+impl SelectionArgs {
+    /// The namespace selection, validated; errors name the flag and the fix.
+    pub fn to_selection(&self) -> Result<Selection, String> {
+        Selection::new(
+            &FLAGS,
+            &self.target_namespaces,
+            &self.exclude_namespaces,
+            self.namespace_selector.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Where the controller runs and the Lease its replicas contend for: `run` takes it, `status`
+/// reads the Lease to show the leader.
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// The controller's own namespace: its credentials Secret, and its Lease by default.
+    /// Default: the pod's namespace (POD_NAMESPACE), else the kubeconfig's namespace.
     #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
 
-    /// Name of the controller's Lease (in --lease-namespace), to show the leader.
+    /// Name of the Lease the controller's replicas contend for (in --lease-namespace).
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
     pub lease_name: String,
 
-    /// Namespace of the Lease. Default: --namespace, else the kubeconfig's.
+    /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
     pub lease_namespace: Option<String>,
+}
 
+/// How the commands talk to the API server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
     /// Timeout of each Kubernetes API call.
     #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// The flags of `status`: those of `run` that decide what should be where, and where its Lease is.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     /// Output format: a table for people, or JSON for scripts (documented in
     /// docs/operations.md).
@@ -145,18 +197,6 @@ pub struct CheckArgs {
     pub output: CheckOutput,
 }
 
-impl StatusArgs {
-    pub fn selection(&self) -> Result<Selection, String> {
-        Selection::new(
-            &FLAGS,
-            &self.target_namespaces,
-            &self.exclude_namespaces,
-            self.namespace_selector.as_deref(),
-        )
-        .map_err(|e| e.to_string())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckOutput {
     Text,
@@ -165,17 +205,15 @@ pub enum CheckOutput {
 
 #[derive(Debug, Clone, Args)]
 pub struct CleanupArgs {
-    /// Name of the managed pull secrets.
-    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
-    pub secret_name: String,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     /// Only print what would be removed.
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
-    pub api_timeout: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,9 +247,8 @@ pub struct LogArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Name of the pull secret written into each namespace.
-    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
-    pub secret_name: String,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     /// ECR registry host to write credentials for (repeatable, or comma-separated in the
     /// environment variable), e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com. Default: the
@@ -227,34 +264,8 @@ pub struct RunArgs {
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
 
-    /// Only these namespaces get the secret: names or globs (team-*), comma-separated.
-    /// Default: every namespace.
-    #[arg(
-        long,
-        env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub target_namespaces: Vec<String>,
-
-    /// Namespaces that never get the secret: names or globs, comma-separated; wins over
-    /// --target-namespaces.
-    #[arg(
-        long,
-        env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub exclude_namespaces: Vec<String>,
-
-    /// Only namespaces whose labels match this selector (kubectl -l syntax), e.g.
-    /// 'env=prod,team in (a,b)'. A namespace can also opt out with the annotation
-    /// ecr-pull-secrets.io/exclude=true.
-    #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
-    pub namespace_selector: Option<String>,
-
-    /// Add the pull secret to these ServiceAccounts' imagePullSecrets in every selected
-    /// namespace: names (e.g. default), or * for all. Default: none.
-    #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
-    pub service_accounts: Option<Targets>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
 
     /// Take over a same-named Secret that lacks our managed label (default: leave it alone and
     /// report a conflict).
@@ -275,8 +286,12 @@ pub struct RunArgs {
     #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET", value_parser = parse_secret_name)]
     pub credentials_secret: Option<String>,
 
-    /// The controller's own namespace (credentials Secret). Default: the pod's namespace
-    /// (POD_NAMESPACE) or the kubeconfig's namespace.
+    // --namespace, --lease-name, --lease-namespace and --api-timeout are `LeaseArgs` and
+    // `ClientArgs` (the groups `status` takes) written out again, only until cli/run.rs reads
+    // them as `args.lease.*` and `args.client.api_timeout`; `run_spells_out_the_shared_groups`
+    // keeps the copies equal.
+    /// The controller's own namespace: its credentials Secret, and its Lease by default.
+    /// Default: the pod's namespace (POD_NAMESPACE), else the kubeconfig's namespace.
     #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
 
@@ -326,7 +341,7 @@ pub struct RunArgs {
     #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub concurrency: u16,
 
-    /// Timeout of each Kubernetes API write.
+    /// Timeout of each Kubernetes API call.
     #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
     pub api_timeout: Duration,
 
@@ -344,7 +359,7 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", value_parser = parse_identity)]
     pub identity: Option<String>,
 
-    /// Name of the Lease replicas contend for (in --lease-namespace).
+    /// Name of the Lease the controller's replicas contend for (in --lease-namespace).
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
     pub lease_name: String,
 
@@ -397,7 +412,7 @@ impl RunArgs {
                 Some(_) => {}
             }
         }
-        self.selection()?;
+        self.selection.to_selection()?;
         if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
             return Err(format!(
                 "lease timings must satisfy --retry-period ({}) < --renew-deadline ({}) < --lease-duration ({}), \
@@ -460,16 +475,6 @@ impl RunArgs {
         })
     }
 
-    pub fn selection(&self) -> Result<Selection, String> {
-        Selection::new(
-            &FLAGS,
-            &self.target_namespaces,
-            &self.exclude_namespaces,
-            self.namespace_selector.as_deref(),
-        )
-        .map_err(|e| e.to_string())
-    }
-
     /// The flag-configured pipeline, when the flags configure a secret (see
     /// [`RunArgs::configures_secret`]).
     pub fn pipeline(&self) -> Result<Option<PipelineConfig>, String> {
@@ -483,13 +488,13 @@ impl RunArgs {
         self.validate()?;
         let inherited = self.inherited();
         Ok(PipelineConfig {
-            secret_name: self.secret_name.clone(),
+            secret_name: self.secret.secret_name.clone(),
             owner: None,
             registries: self.registries.clone(),
             region: self.region.clone().filter(|r| !r.is_empty()),
             ecr_public: self.ecr_public,
-            selection: self.selection()?,
-            service_accounts: self.service_accounts.clone(),
+            selection: self.selection.to_selection()?,
+            service_accounts: self.selection.service_accounts.clone(),
             adopt_existing: self.adopt_existing,
             identity: inherited.identity,
             refresh: inherited.refresh,
@@ -684,7 +689,6 @@ fn parse_secret_name(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn parse(args: &[&str]) -> Result<RunArgs, String> {
         let mut argv = vec!["ecr-pull-secrets", "run"];
@@ -707,8 +711,11 @@ mod tests {
             "kube-system,kube-public",
         ])
         .unwrap();
-        assert_eq!(run.secret_name, "ecr-pull-secret");
-        assert_eq!(run.exclude_namespaces, ["kube-system", "kube-public"]);
+        assert_eq!(run.secret.secret_name, "ecr-pull-secret");
+        assert_eq!(
+            run.selection.exclude_namespaces,
+            ["kube-system", "kube-public"]
+        );
         assert_eq!(run.regions(), ["eu-west-1"]);
         assert_eq!(run.refresh_margin, Duration::from_secs(3600));
         assert_eq!(run.refresh_fraction, 0.5);
@@ -783,40 +790,36 @@ mod tests {
         assert_eq!(run.regions(), ["eu-west-1"]);
     }
 
+    /// The flags `run` still spells out (see `RunArgs::namespace`) are those of the groups
+    /// `status` takes: same help, environment variable and default.
     #[test]
-    fn status_shares_the_selection_flags_of_run() {
+    fn run_spells_out_the_shared_groups() {
         use clap::CommandFactory;
         let cli = Cli::command();
-        let flags = |sub: &str| -> BTreeMap<String, (Option<String>, Vec<String>)> {
-            cli.find_subcommand(sub)
+        let flag = |sub: &str, long: &str| {
+            let arg = cli
+                .find_subcommand(sub)
                 .unwrap()
                 .get_arguments()
-                .filter_map(|a| {
-                    let env = a.get_env().map(|e| e.to_string_lossy().to_string());
-                    let defaults = a
-                        .get_default_values()
-                        .iter()
-                        .map(|d| d.to_string_lossy().to_string())
-                        .collect();
-                    Some((a.get_long()?.to_string(), (env, defaults)))
-                })
-                .collect()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("{sub} --{long}"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().to_string());
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().to_string())
+                .collect();
+            let help = arg.get_help().map(ToString::to_string);
+            (env, defaults, help)
         };
-        let (run, status) = (flags("run"), flags("status"));
-        for flag in [
-            "secret-name",
-            "target-namespaces",
-            "exclude-namespaces",
-            "namespace-selector",
-            "service-accounts",
-            "api-timeout",
-            "namespace",
-            "lease-name",
-            "lease-namespace",
-        ] {
-            assert!(run.contains_key(flag), "run --{flag}");
-            assert_eq!(run.get(flag), status.get(flag), "--{flag}");
+        for long in ["namespace", "lease-name", "lease-namespace", "api-timeout"] {
+            assert_eq!(flag("run", long), flag("status", long), "--{long}");
         }
+        assert_eq!(flag("run", "api-timeout"), flag("cleanup", "api-timeout"));
+    }
+
+    #[test]
+    fn status_parses_the_shared_groups() {
         let cli = Cli::try_parse_from([
             "ecr-pull-secrets",
             "status",
@@ -831,10 +834,12 @@ mod tests {
         let Command::Status(status) = cli.command else {
             panic!("not status")
         };
-        assert_eq!(status.target_namespaces, ["team-*", "shared"]);
+        assert_eq!(status.selection.target_namespaces, ["team-*", "shared"]);
         assert_eq!(status.output, OutputFormat::Json);
-        assert_eq!(status.secret_name, "ecr-pull-secret");
-        assert!(status.selection().is_ok());
+        assert_eq!(status.secret.secret_name, "ecr-pull-secret");
+        assert_eq!(status.lease.lease_name, "ecr-pull-secrets");
+        assert_eq!(status.client.api_timeout, Duration::from_secs(10));
+        assert!(status.selection.to_selection().is_ok());
         let bad = Cli::try_parse_from(["ecr-pull-secrets", "status", "--output", "yaml"]);
         assert!(bad.is_err());
     }
@@ -908,13 +913,18 @@ mod tests {
                                 runtime_arithmetic(&check.run);
                             }
                             Command::Status(status) => {
-                                status.selection()?;
+                                status.selection.to_selection()?;
                                 assert!(
                                     tokio::time::Instant::now()
-                                        .checked_add(status.api_timeout)
+                                        .checked_add(status.client.api_timeout)
                                         .is_some()
                                 );
                             }
+                            Command::Cleanup(cleanup) => assert!(
+                                tokio::time::Instant::now()
+                                    .checked_add(cleanup.client.api_timeout)
+                                    .is_some()
+                            ),
                             _ => {}
                         }
                         Ok::<(), String>(())

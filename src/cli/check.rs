@@ -282,9 +282,9 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
     needed.push(cluster("create", "", "secrets", None));
     // The Secret watch selects metadata.name, so list and watch are asked by name too.
     for verb in ["get", "list", "watch", "patch", "delete"] {
-        needed.push(cluster(verb, "", "secrets", Some(&args.secret_name)));
+        needed.push(cluster(verb, "", "secrets", Some(&args.secret.secret_name)));
     }
-    if args.service_accounts.is_some() {
+    if args.selection.service_accounts.is_some() {
         for verb in ["get", "list", "watch", "patch"] {
             needed.push(cluster(verb, "", "serviceaccounts", None));
         }
@@ -357,7 +357,7 @@ pub fn resource_permissions(
         };
     // What the controller's own flags do not ask for already.
     let mut needed = Vec::new();
-    if resource.secret_name != base.secret_name {
+    if resource.secret_name != base.secret.secret_name {
         for verb in ["get", "list", "watch", "patch", "delete"] {
             needed.push(permission(
                 verb,
@@ -367,7 +367,7 @@ pub fn resource_permissions(
             ));
         }
     }
-    if resource.service_accounts.is_some() && base.service_accounts.is_none() {
+    if resource.service_accounts.is_some() && base.selection.service_accounts.is_none() {
         for verb in ["get", "list", "watch", "patch"] {
             needed.push(permission(verb, "serviceaccounts", None, None));
         }
@@ -790,7 +790,7 @@ async fn permissions(
         };
         report.checks.push(check);
     }
-    if args.service_accounts.is_none() {
+    if args.selection.service_accounts.is_none() {
         report.checks.push(Check::skip(
             "permission",
             "get, list, watch, patch serviceaccounts: not needed without --service-accounts",

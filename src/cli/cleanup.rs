@@ -20,7 +20,10 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
         println!("{verb} Secret {secret}");
     }
     for sa in &report.service_accounts {
-        println!("{verb} {} from ServiceAccount {sa}", args.secret_name);
+        println!(
+            "{verb} {} from ServiceAccount {sa}",
+            args.secret.secret_name
+        );
     }
     println!(
         "{verb} {} Secret(s) and {} ServiceAccount entr{}{}",
@@ -43,10 +46,10 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
 pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
     remove(
         client,
-        &args.secret_name,
+        &args.secret.secret_name,
         None,
         args.dry_run,
-        args.api_timeout,
+        args.client.api_timeout,
         true,
         // A one-shot command, not a leader: nothing to fence.
         &Fence::open(),

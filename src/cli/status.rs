@@ -596,11 +596,11 @@ pub fn json(report: &Report) -> String {
 /// Reads, builds and prints the report. `Ok` also when namespaces are not in sync: see
 /// [`Report::exit_code`].
 pub async fn status(args: &StatusArgs) -> Result<Report, Error> {
-    let selection = args.selection().map_err(Error::Config)?;
+    let selection = args.selection.to_selection().map_err(Error::Config)?;
     let client = crate::k8s::client::connect().await?;
     let snapshot = observe(&client, args).await?;
     let now = SystemTime::now();
-    let report = Report::build(&snapshot, &selection, &args.secret_name, now);
+    let report = Report::build(&snapshot, &selection, &args.secret.secret_name, now);
     let text = match args.output {
         OutputFormat::Table => table(&report, now),
         OutputFormat::Json => json(&report) + "\n",
@@ -615,8 +615,8 @@ const PAGE: u32 = 500;
 /// The reads: namespace metadata, the metadata of Secrets with our name, ServiceAccounts (only
 /// with `--service-accounts`), the Lease.
 pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Error> {
-    let timeout = args.api_timeout;
-    let name = &args.secret_name;
+    let timeout = args.client.api_timeout;
+    let name = &args.secret.secret_name;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespaces = pages(
@@ -649,7 +649,7 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
     )
     .await?;
 
-    let service_accounts = match &args.service_accounts {
+    let service_accounts = match &args.selection.service_accounts {
         Some(targets) => {
             let api: Api<ServiceAccount> = Api::all(client.clone());
             let all = pages(
@@ -670,12 +670,13 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
     };
 
     let lease_namespace = args
+        .lease
         .lease_namespace
         .clone()
-        .or_else(|| args.namespace.clone())
+        .or_else(|| args.lease.namespace.clone())
         .unwrap_or_else(|| client.default_namespace().to_string());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
-    let lease_ref = format!("{lease_namespace}/{}", args.lease_name);
+    let lease_ref = format!("{lease_namespace}/{}", args.lease.lease_name);
     let lease = bounded(
         timeout,
         &format!("get Lease {lease_ref}"),
@@ -683,9 +684,9 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
             "`get` on leases named {} in namespace {lease_namespace} (the Role in \
              deploy/common.yaml); or pass the --lease-namespace and --lease-name the controller \
              runs with",
-            args.lease_name
+            args.lease.lease_name
         ),
-        leases.get_opt(&args.lease_name),
+        leases.get_opt(&args.lease.lease_name),
     )
     .await?;
 
