@@ -49,7 +49,8 @@ pub enum State {
     Edited,
     /// Selected, and no Secret with our name.
     Missing,
-    /// Selected, and a Secret with our name that is not ours (no managed label): never touched.
+    /// Selected, and a Secret with our name that is not ours ([`SecretView::managed`]): never
+    /// touched.
     Conflict,
     /// Ours in a namespace that is not selected: the controller removes it.
     Orphaned,
@@ -96,7 +97,8 @@ impl fmt::Display for State {
 /// What the metadata of a Secret with our name says (never its data).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecretView {
-    /// Carries our managed label.
+    /// Ours as the controller decides it ([`ours`]): our managed label, set by our field
+    /// manager, and no owner label (`status` shows the flag-configured secret).
     pub managed: bool,
     pub fingerprint: Option<String>,
     pub expires_at: Option<SystemTime>,
@@ -534,8 +536,9 @@ fn hint(state: State, secret_name: &str) -> Option<String> {
                           restores it within a second"
             .to_string(),
         State::Conflict => format!(
-            "conflict: a Secret {secret_name} without label {MANAGED_LABEL}={MANAGED_VALUE} is \
-             left untouched; delete it, label it, choose another --secret-name, or run with \
+            "conflict: a Secret {secret_name} that is not ours (no label \
+             {MANAGED_LABEL}={MANAGED_VALUE} set by the controller, or another EcrPullSecret's) \
+             is left untouched; delete it, choose another --secret-name, or run with \
              --adopt-existing"
         ),
         State::Orphaned => "orphaned: ours in a namespace that is not selected; a controller \
@@ -941,8 +944,9 @@ mod tests {
         assert_eq!(SecretView::of(&bad).expires_at, None);
     }
 
-    /// `status` and the controller share one definition of "ours" (`reconcile::ours`): another
-    /// EcrPullSecret's Secret, or our label set by someone else, is a conflict for both.
+    /// `status` and the controller share one definition of "ours" (`core::meta::ours`), where
+    /// they used to disagree: another EcrPullSecret's Secret with the same name, or our label
+    /// set by someone else (kubectl), is a conflict for both.
     #[test]
     fn ours_is_the_controllers_definition() {
         let mut other_resource = ours("a", "fp", 3600, 10);
@@ -1281,7 +1285,7 @@ synced       yes            synced    123456789012.dkr.ecr.eu-west-1.amazonaws.c
 
 5 namespaces, 3 selected: 1 synced, 1 missing, 1 conflict, 1 orphaned, 1 excluded
 missing: no Secret yet; check that the controller runs and leads (Leader above) and its log for `reconcile failed`
-conflict: a Secret ecr-pull-secret without label app.kubernetes.io/managed-by=ecr-pull-secrets is left untouched; delete it, label it, choose another --secret-name, or run with --adopt-existing
+conflict: a Secret ecr-pull-secret that is not ours (no label app.kubernetes.io/managed-by=ecr-pull-secrets set by the controller, or another EcrPullSecret's) is left untouched; delete it, choose another --secret-name, or run with --adopt-existing
 orphaned: ours in a namespace that is not selected; a controller running with these selection flags removes it (different flags here than in `run`?)
 SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a running controller started with the same --service-accounts adds it
 ";
