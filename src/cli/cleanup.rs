@@ -8,7 +8,7 @@ use crate::cli::args::CleanupArgs;
 use crate::k8s::cleanup::{Report, remove};
 use crate::k8s::leader::Fence;
 
-pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
+pub async fn cleanup(args: &CleanupArgs) -> Result<(), Error> {
     let client = crate::k8s::client::connect().await?;
     let report = cleanup_with(&client, args).await?;
     let verb = if args.dry_run {
@@ -40,10 +40,10 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
             ""
         }
     );
-    Ok(report)
+    Ok(())
 }
 
-pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
+pub(crate) async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
     remove(
         client,
         &args.secret.secret_name,

@@ -27,9 +27,9 @@ use crate::core::service_accounts::Targets;
 
 pub use crate::core::meta::OWNER_LABEL;
 
-pub const GROUP: &str = "ecr-pull-secrets.io";
+pub(crate) const GROUP: &str = "ecr-pull-secrets.io";
 /// Holds a resource until its secrets and ServiceAccount entries are removed.
-pub const FINALIZER: &str = "ecr-pull-secrets.io/cleanup";
+pub(crate) const FINALIZER: &str = "ecr-pull-secrets.io/cleanup";
 
 const HOST_RULE: &str =
     r"self.matches('^[0-9]{12}\\.dkr\\.ecr(-fips)?\\.[a-z0-9-]+\\.amazonaws\\.com(\\.cn)?$')";
@@ -315,7 +315,7 @@ pub fn crd_yaml() -> String {
 }
 
 /// Parses a Go-style duration (`90s`, `1h30m`, `1.5h`), the syntax the CRD's rules accept.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration; use forms such as 30m, 6h or 1h30m");
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -348,7 +348,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
 
 /// `matchLabels` and `matchExpressions` as kube's [`Selector`]. Kube's conversion error names
 /// neither the requirement nor what is allowed, so a refusal is described here.
-pub fn spec_selector(selector: &LabelSelector) -> Result<Selector, String> {
+pub(crate) fn spec_selector(selector: &LabelSelector) -> Result<Selector, String> {
     Selector::try_from(selector.clone()).map_err(|error| {
         let refused = selector
             .match_expressions

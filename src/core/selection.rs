@@ -15,14 +15,14 @@ use kube::core::{Expression, Selector, SelectorExt};
 
 use crate::core::names::is_dns_subdomain;
 
-pub use crate::core::meta::OPT_OUT_ANNOTATION;
+pub(crate) use crate::core::meta::OPT_OUT_ANNOTATION;
 
 /// What the user calls the three parts of a selection, so errors name what they wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fields {
-    pub include: &'static str,
-    pub exclude: &'static str,
-    pub selector: &'static str,
+    pub(crate) include: &'static str,
+    pub(crate) exclude: &'static str,
+    pub(crate) selector: &'static str,
 }
 
 /// The flags of `run` and `status`.
@@ -33,7 +33,7 @@ pub const FLAGS: Fields = Fields {
 };
 
 /// An EcrPullSecret's spec.
-pub const SPEC: Fields = Fields {
+pub(crate) const SPEC: Fields = Fields {
     include: "spec.namespaces.include",
     exclude: "spec.namespaces.exclude",
     selector: "spec.namespaces.selector",
@@ -86,7 +86,7 @@ pub enum SelectionError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Selected,
     /// Being deleted: never written to, and nothing is removed either (namespace deletion does it).
     Terminating,
@@ -96,7 +96,7 @@ pub enum Decision {
 
 impl Decision {
     /// A short static label for logs and metrics: "selected", "terminating", or the reason.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Decision::Selected => "selected",
             Decision::Terminating => "terminating",
@@ -132,7 +132,7 @@ impl Selection {
 
     /// As [`Selection::new`], with a selector built elsewhere (from an EcrPullSecret's
     /// `LabelSelector`): its keys and values are checked as the parser checks them.
-    pub fn with_selector(
+    pub(crate) fn with_selector(
         fields: &Fields,
         include: &[String],
         exclude: &[String],
@@ -155,7 +155,7 @@ impl Selection {
     }
 
     /// Whether namespace `name` should hold the secret, and if not, why.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
@@ -187,7 +187,7 @@ impl Selection {
     ///
     /// Canonical as in Kubernetes: requirements sorted by key, set values sorted and
     /// deduplicated, `==` written as `=`; so equal selectors give equal strings.
-    pub fn label_selector_string(&self) -> Option<String> {
+    pub(crate) fn label_selector_string(&self) -> Option<String> {
         (!self.selector.selects_all()).then(|| self.selector.to_string())
     }
 }

@@ -45,7 +45,13 @@ impl Events {
     }
 
     /// A warning on the namespace. Publishing failures are logged, never fatal.
-    pub async fn warn(&self, namespace: &str, reason: &'static str, action: &str, note: String) {
+    pub(crate) async fn warn(
+        &self,
+        namespace: &str,
+        reason: &'static str,
+        action: &str,
+        note: String,
+    ) {
         if !self.due(namespace, reason, Instant::now()) {
             return;
         }
@@ -70,7 +76,7 @@ impl Events {
     }
 
     /// Forget a namespace's history (it left the selection or was fixed).
-    pub fn clear(&self, namespace: &str) {
+    pub(crate) fn clear(&self, namespace: &str) {
         self.recent
             .lock()
             .expect("events lock")
