@@ -6,7 +6,7 @@
 //! a typo fails at startup instead of silently selecting nothing (or everything).
 //!
 //! The label selector is kube's [`Selector`]; kube has no parser for the `kubectl -l` string
-//! form, so [`parse_selector`] is ours, with errors that say what to write instead.
+//! form, so `parse_selector` is ours, with errors that say what to write instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
