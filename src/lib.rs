@@ -37,18 +37,3 @@ pub enum Error {
     #[error("EcrPullSecret: {0}")]
     Resource(String),
 }
-
-impl Error {
-    /// A short, bounded label for metrics and events.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Config(_) => "config",
-            Error::Credentials(_) => "credentials",
-            Error::Kube { .. } => "kube",
-            Error::Timeout(_) => "timeout",
-            Error::Conflict(_) => "conflict",
-            Error::LostLeadership(_) => "lost_leadership",
-            Error::Resource(_) => "resource",
-        }
-    }
-}

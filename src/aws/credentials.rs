@@ -142,7 +142,7 @@ fn invalid(key: &'static str, value: &str) -> Option<String> {
 
 /// Reads static keys from a Secret's data, checked against AWS's formats (see [`invalid`]).
 /// Values are trimmed: `echo` adds newlines.
-pub fn from_secret_data(
+pub(crate) fn from_secret_data(
     namespace: &str,
     name: &str,
     data: &BTreeMap<String, ByteString>,
@@ -189,7 +189,7 @@ pub fn from_secret_data(
 }
 
 /// Fetches the credentials Secret and parses it.
-pub async fn load_from_secret(
+pub(crate) async fn load_from_secret(
     client: Client,
     namespace: &str,
     name: &str,
@@ -539,7 +539,7 @@ impl ProvideCredentials for SecretCredentials {
 /// Wraps `base` in an STS AssumeRole provider. The SDK config supplies the STS endpoint and
 /// region; the assumed credentials are fetched anew for every token fetch (one STS call per
 /// refresh), so rotated base keys apply at once.
-pub async fn assume_role(
+pub(crate) async fn assume_role(
     sdk_config: &aws_config::SdkConfig,
     base: SharedCredentialsProvider,
     role: &AssumeRole,

@@ -17,7 +17,7 @@ use crate::core::token::{
 };
 
 /// A fetch error from an SDK error: classified, with the cause chain on one line.
-pub fn fetch_error<E, R>(region: &str, err: &SdkError<E, R>) -> FetchError
+pub(crate) fn fetch_error<E, R>(region: &str, err: &SdkError<E, R>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: fmt::Debug,
@@ -48,7 +48,7 @@ where
     }
 }
 
-pub trait TokenSource: Send + Sync + 'static {
+pub(crate) trait TokenSource: Send + Sync + 'static {
     /// The region, or [`ECR_PUBLIC`].
     fn identity(&self) -> &str;
     fn fetch(&self) -> impl Future<Output = Result<Token, FetchError>> + Send;
@@ -75,13 +75,13 @@ fn expiry(t: Option<&aws_smithy_types::DateTime>) -> Result<SystemTime, InvalidT
 }
 
 /// GetAuthorizationToken against one region of private ECR.
-pub struct EcrTokenSource {
+pub(crate) struct EcrTokenSource {
     client: aws_sdk_ecr::Client,
     region: String,
 }
 
 impl EcrTokenSource {
-    pub fn new(sdk_config: &aws_config::SdkConfig, region: &str) -> EcrTokenSource {
+    pub(crate) fn new(sdk_config: &aws_config::SdkConfig, region: &str) -> EcrTokenSource {
         let (r, retry, timeout) = sdk_settings(region);
         let config = aws_sdk_ecr::config::Builder::from(sdk_config)
             .region(r)
@@ -127,12 +127,12 @@ impl TokenSource for EcrTokenSource {
 }
 
 /// GetAuthorizationToken of ECR Public, which only exists in us-east-1.
-pub struct EcrPublicTokenSource {
+pub(crate) struct EcrPublicTokenSource {
     client: aws_sdk_ecrpublic::Client,
 }
 
 impl EcrPublicTokenSource {
-    pub fn new(sdk_config: &aws_config::SdkConfig) -> EcrPublicTokenSource {
+    pub(crate) fn new(sdk_config: &aws_config::SdkConfig) -> EcrPublicTokenSource {
         let (r, retry, timeout) = sdk_settings("us-east-1");
         let config = aws_sdk_ecrpublic::config::Builder::from(sdk_config)
             .region(r)
@@ -175,7 +175,7 @@ impl TokenSource for EcrPublicTokenSource {
 
 /// Keeps one region's token fresh: fetch, publish, sleep until the refresh time; on failure back
 /// off while the last good token stays published. Runs until dropped.
-pub async fn keep_fresh<S: TokenSource>(
+pub(crate) async fn keep_fresh<S: TokenSource>(
     source: S,
     policy: RefreshPolicy,
     backoff: Backoff,

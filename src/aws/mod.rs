@@ -2,5 +2,5 @@
 //! fetches and the refresh loop.
 
 pub mod credentials;
-pub mod ecr;
-pub mod sdk;
+pub(crate) mod ecr;
+pub(crate) mod sdk;

@@ -15,7 +15,7 @@ use crate::telemetry::metrics::Metrics;
 
 /// The AWS configuration: base credentials from the credentials Secret in `namespace`
 /// (followed by a task in `tasks`) or the default chain, optionally with a role assumed on top.
-pub async fn for_pipeline(
+pub(crate) async fn for_pipeline(
     client: &Client,
     namespace: &str,
     config: &PipelineConfig,
@@ -57,7 +57,7 @@ pub async fn for_pipeline(
 
 /// The AWS SDK configuration with `base` credentials (else the default chain) and the
 /// configured role assumed on top. Spawns nothing: `check` uses it as is.
-pub async fn sdk_config(
+pub(crate) async fn sdk_config(
     config: &PipelineConfig,
     base: Option<SecretCredentials>,
 ) -> Result<aws_config::SdkConfig, Error> {

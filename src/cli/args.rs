@@ -50,7 +50,7 @@ pub enum Command {
 }
 
 /// `status --help` and docs/operations.md say the same.
-pub const STATUS_EXIT_CODES: &str = "\
+pub(crate) const STATUS_EXIT_CODES: &str = "\
 Exit codes:
   0  every selected namespace is synced (and has its ServiceAccount entries)
   1  error: API server unreachable, permission missing (the message names it), bad flags
@@ -64,22 +64,31 @@ pub enum OutputFormat {
     Json,
 }
 
-/// The flags of `status`: those of `run` that decide what should be where, with the same names,
-/// environment variables and defaults (a unit test keeps them equal).
+// ---------------------------------------------------------------------------------------------
+// Flag groups: each flag shared by several commands is defined once, in one group, and
+// flattened into every command that takes it (same name, environment variable and default).
+
+/// The pull secret's name: `run`, `status` and `cleanup` (and `check`, which takes `run`'s
+/// flags).
 #[derive(Debug, Clone, Args)]
-pub struct StatusArgs {
+pub struct SecretArgs {
     /// Name of the pull secret in each namespace.
     #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
-    pub secret_name: String,
+    pub(crate) secret_name: String,
+}
 
-    /// Only these namespaces should hold the secret: names or globs (team-*), comma-separated.
+/// What should be where: the namespaces that hold the secret and the ServiceAccounts that carry
+/// it. `run` writes it, `status` compares against it.
+#[derive(Debug, Clone, Args)]
+pub struct SelectionArgs {
+    /// Only these namespaces hold the secret: names or globs (team-*), comma-separated.
     /// Default: every namespace.
     #[arg(
         long,
         env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
         value_delimiter = ','
     )]
-    pub target_namespaces: Vec<String>,
+    pub(crate) target_namespaces: Vec<String>,
 
     /// Namespaces that never hold the secret: names or globs, comma-separated; wins over
     /// --target-namespaces.
@@ -88,65 +97,24 @@ pub struct StatusArgs {
         env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
         value_delimiter = ','
     )]
-    pub exclude_namespaces: Vec<String>,
+    pub(crate) exclude_namespaces: Vec<String>,
 
-    /// Only namespaces whose labels match this selector (kubectl -l syntax). The annotation
-    /// ecr-pull-secrets.io/exclude=true opts a namespace out.
+    /// Only namespaces whose labels match this selector (kubectl -l syntax), e.g.
+    /// 'env=prod,team in (a,b)'. A namespace can also opt out with the annotation
+    /// ecr-pull-secrets.io/exclude=true.
     #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
-    pub namespace_selector: Option<String>,
+    pub(crate) namespace_selector: Option<String>,
 
-    /// Also check that these ServiceAccounts (names, or * for all) carry the secret in
-    /// imagePullSecrets in every selected namespace. Default: not checked.
+    /// ServiceAccounts that carry the pull secret in imagePullSecrets in every selected
+    /// namespace (`run` adds it, `status` checks it): names (e.g. default), or * for all.
+    /// Default: none.
     #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
-    pub service_accounts: Option<Targets>,
-
-    /// The controller's namespace, where its Lease is by default. Default: POD_NAMESPACE, else
-    /// the kubeconfig's namespace.
-    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
-    pub namespace: Option<String>,
-
-    /// Name of the controller's Lease (in --lease-namespace), to show the leader.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
-    pub lease_name: String,
-
-    /// Namespace of the Lease. Default: --namespace, else the kubeconfig's.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
-    pub lease_namespace: Option<String>,
-
-    /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
-    pub api_timeout: Duration,
-
-    /// Output format: a table for people, or JSON for scripts (documented in
-    /// docs/operations.md).
-    #[arg(
-        long,
-        short = 'o',
-        env = "ECR_PULL_SECRETS_OUTPUT",
-        value_enum,
-        default_value = "table"
-    )]
-    pub output: OutputFormat,
+    pub(crate) service_accounts: Option<Targets>,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct CheckArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-
-    /// Report format.
-    #[arg(
-        long,
-        short = 'o',
-        env = "ECR_PULL_SECRETS_CHECK_OUTPUT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub output: CheckOutput,
-}
-
-impl StatusArgs {
-    pub fn selection(&self) -> Result<Selection, String> {
+impl SelectionArgs {
+    /// The namespace selection, validated; errors name the flag and the fix.
+    pub(crate) fn to_selection(&self) -> Result<Selection, String> {
         Selection::new(
             &FLAGS,
             &self.target_namespaces,
@@ -157,6 +125,78 @@ impl StatusArgs {
     }
 }
 
+/// Where the controller runs and the Lease its replicas contend for: `run` takes it, `status`
+/// reads the Lease to show the leader.
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// The controller's own namespace: its credentials Secret, and its Lease by default.
+    /// Default: the pod's namespace (POD_NAMESPACE), else the kubeconfig's namespace.
+    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
+    pub(crate) namespace: Option<String>,
+
+    /// Name of the Lease the controller's replicas contend for (in --lease-namespace).
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
+    pub(crate) lease_name: String,
+
+    /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
+    pub(crate) lease_namespace: Option<String>,
+}
+
+/// How the commands talk to the API server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Timeout of each Kubernetes API call.
+    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
+    pub(crate) api_timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// The flags of `status`: those of `run` that decide what should be where, and where its Lease is.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+
+    #[command(flatten)]
+    pub(crate) selection: SelectionArgs,
+
+    #[command(flatten)]
+    pub(crate) lease: LeaseArgs,
+
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+
+    /// Output format: a table for people, or JSON for scripts (documented in
+    /// docs/operations.md).
+    #[arg(
+        long,
+        short = 'o',
+        env = "ECR_PULL_SECRETS_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    pub(crate) output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+
+    /// Report format.
+    #[arg(
+        long,
+        short = 'o',
+        env = "ECR_PULL_SECRETS_CHECK_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) output: CheckOutput,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckOutput {
     Text,
@@ -165,17 +205,15 @@ pub enum CheckOutput {
 
 #[derive(Debug, Clone, Args)]
 pub struct CleanupArgs {
-    /// Name of the managed pull secrets.
-    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
-    pub secret_name: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
 
     /// Only print what would be removed.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
-    /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
-    pub api_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,9 +247,8 @@ pub struct LogArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Name of the pull secret written into each namespace.
-    #[arg(long, env = "ECR_PULL_SECRETS_SECRET_NAME", default_value = "ecr-pull-secret", value_parser = parse_secret_name)]
-    pub secret_name: String,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
 
     /// ECR registry host to write credentials for (repeatable, or comma-separated in the
     /// environment variable), e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com. Default: the
@@ -221,78 +258,56 @@ pub struct RunArgs {
         env = "ECR_PULL_SECRETS_REGISTRIES",
         value_delimiter = ','
     )]
-    pub registries: Vec<RegistryHost>,
+    pub(crate) registries: Vec<RegistryHost>,
 
     /// AWS region used when no --registry is given.
     #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
 
-    /// Only these namespaces get the secret: names or globs (team-*), comma-separated.
-    /// Default: every namespace.
-    #[arg(
-        long,
-        env = "ECR_PULL_SECRETS_TARGET_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub target_namespaces: Vec<String>,
-
-    /// Namespaces that never get the secret: names or globs, comma-separated; wins over
-    /// --target-namespaces.
-    #[arg(
-        long,
-        env = "ECR_PULL_SECRETS_EXCLUDE_NAMESPACES",
-        value_delimiter = ','
-    )]
-    pub exclude_namespaces: Vec<String>,
-
-    /// Only namespaces whose labels match this selector (kubectl -l syntax), e.g.
-    /// 'env=prod,team in (a,b)'. A namespace can also opt out with the annotation
-    /// ecr-pull-secrets.io/exclude=true.
-    #[arg(long, env = "ECR_PULL_SECRETS_NAMESPACE_SELECTOR")]
-    pub namespace_selector: Option<String>,
-
-    /// Add the pull secret to these ServiceAccounts' imagePullSecrets in every selected
-    /// namespace: names (e.g. default), or * for all. Default: none.
-    #[arg(long, env = "ECR_PULL_SECRETS_SERVICE_ACCOUNTS")]
-    pub service_accounts: Option<Targets>,
+    #[command(flatten)]
+    pub(crate) selection: SelectionArgs,
 
     /// Take over a same-named Secret that lacks our managed label (default: leave it alone and
     /// report a conflict).
     #[arg(long, env = "ECR_PULL_SECRETS_ADOPT_EXISTING")]
-    pub adopt_existing: bool,
+    pub(crate) adopt_existing: bool,
 
     /// Sustained Kubernetes writes per second, across all namespaces.
     #[arg(long, env = "ECR_PULL_SECRETS_WRITE_QPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITES_PER_SECOND)))]
-    pub write_qps: u32,
+    pub(crate) write_qps: u32,
 
     /// Writes allowed in a burst above --write-qps.
     #[arg(long, env = "ECR_PULL_SECRETS_WRITE_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITES_PER_SECOND)))]
-    pub write_burst: u32,
+    pub(crate) write_burst: u32,
 
     /// Secret in the controller's namespace holding aws_access_key_id and aws_secret_access_key
     /// (optionally aws_session_token). Without it the default AWS chain is used (environment,
     /// profile, web identity).
     #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET", value_parser = parse_secret_name)]
-    pub credentials_secret: Option<String>,
+    pub(crate) credentials_secret: Option<String>,
 
-    /// The controller's own namespace (credentials Secret). Default: the pod's namespace
-    /// (POD_NAMESPACE) or the kubeconfig's namespace.
+    // --namespace, --lease-name, --lease-namespace and --api-timeout are `LeaseArgs` and
+    // `ClientArgs` (the groups `status` takes) written out again, only until cli/run.rs reads
+    // them as `args.lease.*` and `args.client.api_timeout`; `run_spells_out_the_shared_groups`
+    // keeps the copies equal.
+    /// The controller's own namespace: its credentials Secret, and its Lease by default.
+    /// Default: the pod's namespace (POD_NAMESPACE), else the kubeconfig's namespace.
     #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 
     /// Also write credentials for ECR Public (public.ecr.aws; token from us-east-1). Needs
     /// ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken.
     #[arg(long, env = "ECR_PULL_SECRETS_ECR_PUBLIC")]
-    pub ecr_public: bool,
+    pub(crate) ecr_public: bool,
 
     /// IAM role to assume (with STS) on top of the base credentials, e.g.
     /// arn:aws:iam::123456789012:role/ecr-puller.
     #[arg(long, env = "ECR_PULL_SECRETS_ROLE_ARN")]
-    pub role_arn: Option<String>,
+    pub(crate) role_arn: Option<String>,
 
     /// External ID required by the role's trust policy.
     #[arg(long, env = "ECR_PULL_SECRETS_ROLE_EXTERNAL_ID", requires = "role_arn", value_parser = parse_external_id)]
-    pub role_external_id: Option<String>,
+    pub(crate) role_external_id: Option<String>,
 
     /// Session name of the assumed role (shows in CloudTrail).
     #[arg(
@@ -301,34 +316,34 @@ pub struct RunArgs {
         default_value = "ecr-pull-secrets",
         value_parser = parse_session_name
     )]
-    pub role_session_name: String,
+    pub(crate) role_session_name: String,
 
     /// Also refresh at most this long after each fetch, whatever the token's lifetime (e.g. 6h;
     /// the edenlab operator's `frequency`). Default: no bound.
     #[arg(long, env = "ECR_PULL_SECRETS_MAX_REFRESH_INTERVAL", value_parser = parse_max_refresh_interval)]
-    pub max_refresh_interval: Option<Duration>,
+    pub(crate) max_refresh_interval: Option<Duration>,
 
     /// Also keep the secrets of every EcrPullSecret resource (the CRD, deploy/crd/), each
     /// with its own registries, credentials and namespaces. Without --registry or --region,
     /// only the resources are served.
     #[arg(long, env = "ECR_PULL_SECRETS_RESOURCES")]
-    pub resources: bool,
+    pub(crate) resources: bool,
 
     /// Refresh at least this long before the token expires (e.g. 1h, 30m).
     #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_MARGIN", default_value = "1h", value_parser = parse_refresh_margin)]
-    pub refresh_margin: Duration,
+    pub(crate) refresh_margin: Duration,
 
     /// ... and at least this fraction of the token's lifetime before it expires (0 < f < 1).
     #[arg(long, env = "ECR_PULL_SECRETS_REFRESH_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
-    pub refresh_fraction: f64,
+    pub(crate) refresh_fraction: f64,
 
     /// Namespaces reconciled in parallel.
     #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub concurrency: u16,
+    pub(crate) concurrency: u16,
 
-    /// Timeout of each Kubernetes API write.
+    /// Timeout of each Kubernetes API call.
     #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
-    pub api_timeout: Duration,
+    pub(crate) api_timeout: Duration,
 
     /// Address of the admin listener (/healthz, /readyz, /metrics). Port 0 picks a free port
     /// (logged at start).
@@ -337,42 +352,42 @@ pub struct RunArgs {
         env = "ECR_PULL_SECRETS_ADMIN_ADDRESS",
         default_value = "0.0.0.0:8080"
     )]
-    pub admin_address: String,
+    pub(crate) admin_address: String,
 
     /// This replica's identity in the Lease. Default: POD_NAME, else the host name plus a
     /// random suffix.
     #[arg(long, env = "POD_NAME", value_parser = parse_identity)]
-    pub identity: Option<String>,
+    pub(crate) identity: Option<String>,
 
-    /// Name of the Lease replicas contend for (in --lease-namespace).
+    /// Name of the Lease the controller's replicas contend for (in --lease-namespace).
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
-    pub lease_name: String,
+    pub(crate) lease_name: String,
 
     /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
-    pub lease_namespace: Option<String>,
+    pub(crate) lease_namespace: Option<String>,
 
     /// How long a lease is valid without renewal; another replica takes over after it.
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
-    pub lease_duration: Duration,
+    pub(crate) lease_duration: Duration,
 
     /// The leader stops working if it could not renew for this long (< --lease-duration).
     #[arg(long, env = "ECR_PULL_SECRETS_RENEW_DEADLINE", default_value = "10s", value_parser = parse_lease_timing)]
-    pub renew_deadline: Duration,
+    pub(crate) renew_deadline: Duration,
 
     /// After SIGTERM, keep serving (with /readyz failing) this long before exiting, so probes
     /// and scrapers see the replica leave. Leadership is handed over before this wait.
     #[arg(long, env = "ECR_PULL_SECRETS_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_shutdown_delay)]
-    pub shutdown_delay: Duration,
+    pub(crate) shutdown_delay: Duration,
 
     /// How often the lease is renewed or tried (< --renew-deadline).
     #[arg(long, env = "ECR_PULL_SECRETS_RETRY_PERIOD", default_value = "2s", value_parser = parse_lease_timing)]
-    pub retry_period: Duration,
+    pub(crate) retry_period: Duration,
 }
 
 impl RunArgs {
     /// Cross-flag checks clap cannot express. Errors name the flag and the fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if let Some(arn) = &self.role_arn {
             validate_role_arn("--role-arn", arn)?;
         }
@@ -397,7 +412,7 @@ impl RunArgs {
                 Some(_) => {}
             }
         }
-        self.selection()?;
+        self.selection.to_selection()?;
         if self.renew_deadline >= self.lease_duration || self.retry_period >= self.renew_deadline {
             return Err(format!(
                 "lease timings must satisfy --retry-period ({}) < --renew-deadline ({}) < --lease-duration ({}), \
@@ -427,32 +442,13 @@ impl RunArgs {
 
     /// Whether the flags configure a secret of their own (an implicit resource): a registry,
     /// a region or ECR Public. With --resources alone they do not.
-    pub fn configures_secret(&self) -> bool {
+    pub(crate) fn configures_secret(&self) -> bool {
         !self.registries.is_empty()
             || self.region.as_deref().is_some_and(|r| !r.is_empty())
             || self.ecr_public
     }
 
-    /// Regions to fetch a token for: those of the configured registries, else --region.
-    pub fn regions(&self) -> Vec<String> {
-        let mut regions: Vec<String> = if self.registries.is_empty() {
-            self.region
-                .iter()
-                .filter(|r| !r.is_empty())
-                .cloned()
-                .collect()
-        } else {
-            self.registries
-                .iter()
-                .map(|r| r.region().to_string())
-                .collect()
-        };
-        regions.sort();
-        regions.dedup();
-        regions
-    }
-
-    pub fn assume_role(&self) -> Option<AssumeRole> {
+    pub(crate) fn assume_role(&self) -> Option<AssumeRole> {
         self.role_arn.as_ref().map(|arn| AssumeRole {
             role_arn: arn.clone(),
             external_id: self.role_external_id.clone(),
@@ -460,36 +456,26 @@ impl RunArgs {
         })
     }
 
-    pub fn selection(&self) -> Result<Selection, String> {
-        Selection::new(
-            &FLAGS,
-            &self.target_namespaces,
-            &self.exclude_namespaces,
-            self.namespace_selector.as_deref(),
-        )
-        .map_err(|e| e.to_string())
-    }
-
     /// The flag-configured pipeline, when the flags configure a secret (see
     /// [`RunArgs::configures_secret`]).
-    pub fn pipeline(&self) -> Result<Option<PipelineConfig>, String> {
+    pub(crate) fn pipeline(&self) -> Result<Option<PipelineConfig>, String> {
         let config = self.as_pipeline()?;
         Ok(self.configures_secret().then_some(config))
     }
 
     /// The flags as one pipeline, validated, whether or not they configure a secret (`check`
     /// describes and tries them either way).
-    pub fn as_pipeline(&self) -> Result<PipelineConfig, String> {
+    pub(crate) fn as_pipeline(&self) -> Result<PipelineConfig, String> {
         self.validate()?;
         let inherited = self.inherited();
         Ok(PipelineConfig {
-            secret_name: self.secret_name.clone(),
+            secret_name: self.secret.secret_name.clone(),
             owner: None,
             registries: self.registries.clone(),
             region: self.region.clone().filter(|r| !r.is_empty()),
             ecr_public: self.ecr_public,
-            selection: self.selection()?,
-            service_accounts: self.service_accounts.clone(),
+            selection: self.selection.to_selection()?,
+            service_accounts: self.selection.service_accounts.clone(),
             adopt_existing: self.adopt_existing,
             identity: inherited.identity,
             refresh: inherited.refresh,
@@ -511,7 +497,7 @@ impl RunArgs {
         }
     }
 
-    pub fn refresh_policy(&self) -> RefreshPolicy {
+    pub(crate) fn refresh_policy(&self) -> RefreshPolicy {
         RefreshPolicy {
             margin: self.refresh_margin,
             fraction: self.refresh_fraction,
@@ -522,7 +508,7 @@ impl RunArgs {
 }
 
 /// `90s`, `30m`, `1h 30m`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); use forms such as 30s, 10m, 1h"))
 }
@@ -532,13 +518,13 @@ const fn secs(s: u64) -> Duration {
 }
 
 /// --api-timeout: 0 fails every call at once (and looks like a connectivity problem).
-pub const API_TIMEOUT: Bounds = (secs(1), secs(600));
+pub(crate) const API_TIMEOUT: Bounds = (secs(1), secs(600));
 /// --lease-duration: written to the Lease as whole seconds (an i32).
-pub const LEASE_DURATION: Bounds = (secs(1), secs(3600));
+pub(crate) const LEASE_DURATION: Bounds = (secs(1), secs(3600));
 /// --renew-deadline and --retry-period: a floor keeps lease writes at no more than two a second.
-pub const LEASE_TIMING: Bounds = (Duration::from_millis(500), secs(3600));
+pub(crate) const LEASE_TIMING: Bounds = (Duration::from_millis(500), secs(3600));
 /// --shutdown-delay: longer than any termination grace period worth having.
-pub const SHUTDOWN_DELAY: Bounds = (secs(0), secs(600));
+pub(crate) const SHUTDOWN_DELAY: Bounds = (secs(0), secs(600));
 
 fn bounded(s: &str, bounds: Bounds) -> Result<Duration, String> {
     let value = parse_duration(s)?;
@@ -684,7 +670,6 @@ fn parse_secret_name(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn parse(args: &[&str]) -> Result<RunArgs, String> {
         let mut argv = vec!["ecr-pull-secrets", "run"];
@@ -707,9 +692,12 @@ mod tests {
             "kube-system,kube-public",
         ])
         .unwrap();
-        assert_eq!(run.secret_name, "ecr-pull-secret");
-        assert_eq!(run.exclude_namespaces, ["kube-system", "kube-public"]);
-        assert_eq!(run.regions(), ["eu-west-1"]);
+        assert_eq!(run.secret.secret_name, "ecr-pull-secret");
+        assert_eq!(
+            run.selection.exclude_namespaces,
+            ["kube-system", "kube-public"]
+        );
+        assert_eq!(run.as_pipeline().unwrap().regions(), ["eu-west-1"]);
         assert_eq!(run.refresh_margin, Duration::from_secs(3600));
         assert_eq!(run.refresh_fraction, 0.5);
     }
@@ -724,7 +712,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(run.registries.len(), 3);
-        assert_eq!(run.regions(), ["eu-west-1", "us-east-1"]);
+        assert_eq!(
+            run.as_pipeline().unwrap().regions(),
+            ["eu-west-1", "us-east-1"]
+        );
     }
 
     #[test]
@@ -778,45 +769,41 @@ mod tests {
     #[test]
     fn ecr_public_alone_needs_no_region() {
         let run = parse(&["--ecr-public", "--region", ""]).unwrap();
-        assert!(run.regions().is_empty());
+        assert!(run.as_pipeline().unwrap().regions().is_empty());
         let run = parse(&["--ecr-public", "--region", "eu-west-1"]).unwrap();
-        assert_eq!(run.regions(), ["eu-west-1"]);
+        assert_eq!(run.as_pipeline().unwrap().regions(), ["eu-west-1"]);
+    }
+
+    /// The flags `run` still spells out (see `RunArgs::namespace`) are those of the groups
+    /// `status` takes: same help, environment variable and default.
+    #[test]
+    fn run_spells_out_the_shared_groups() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let flag = |sub: &str, long: &str| {
+            let arg = cli
+                .find_subcommand(sub)
+                .unwrap()
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("{sub} --{long}"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().to_string());
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().to_string())
+                .collect();
+            let help = arg.get_help().map(ToString::to_string);
+            (env, defaults, help)
+        };
+        for long in ["namespace", "lease-name", "lease-namespace", "api-timeout"] {
+            assert_eq!(flag("run", long), flag("status", long), "--{long}");
+        }
+        assert_eq!(flag("run", "api-timeout"), flag("cleanup", "api-timeout"));
     }
 
     #[test]
-    fn status_shares_the_selection_flags_of_run() {
-        use clap::CommandFactory;
-        let cli = Cli::command();
-        let flags = |sub: &str| -> BTreeMap<String, (Option<String>, Vec<String>)> {
-            cli.find_subcommand(sub)
-                .unwrap()
-                .get_arguments()
-                .filter_map(|a| {
-                    let env = a.get_env().map(|e| e.to_string_lossy().to_string());
-                    let defaults = a
-                        .get_default_values()
-                        .iter()
-                        .map(|d| d.to_string_lossy().to_string())
-                        .collect();
-                    Some((a.get_long()?.to_string(), (env, defaults)))
-                })
-                .collect()
-        };
-        let (run, status) = (flags("run"), flags("status"));
-        for flag in [
-            "secret-name",
-            "target-namespaces",
-            "exclude-namespaces",
-            "namespace-selector",
-            "service-accounts",
-            "api-timeout",
-            "namespace",
-            "lease-name",
-            "lease-namespace",
-        ] {
-            assert!(run.contains_key(flag), "run --{flag}");
-            assert_eq!(run.get(flag), status.get(flag), "--{flag}");
-        }
+    fn status_parses_the_shared_groups() {
         let cli = Cli::try_parse_from([
             "ecr-pull-secrets",
             "status",
@@ -831,10 +818,12 @@ mod tests {
         let Command::Status(status) = cli.command else {
             panic!("not status")
         };
-        assert_eq!(status.target_namespaces, ["team-*", "shared"]);
+        assert_eq!(status.selection.target_namespaces, ["team-*", "shared"]);
         assert_eq!(status.output, OutputFormat::Json);
-        assert_eq!(status.secret_name, "ecr-pull-secret");
-        assert!(status.selection().is_ok());
+        assert_eq!(status.secret.secret_name, "ecr-pull-secret");
+        assert_eq!(status.lease.lease_name, "ecr-pull-secrets");
+        assert_eq!(status.client.api_timeout, Duration::from_secs(10));
+        assert!(status.selection.to_selection().is_ok());
         let bad = Cli::try_parse_from(["ecr-pull-secrets", "status", "--output", "yaml"]);
         assert!(bad.is_err());
     }
@@ -908,13 +897,18 @@ mod tests {
                                 runtime_arithmetic(&check.run);
                             }
                             Command::Status(status) => {
-                                status.selection()?;
+                                status.selection.to_selection()?;
                                 assert!(
                                     tokio::time::Instant::now()
-                                        .checked_add(status.api_timeout)
+                                        .checked_add(status.client.api_timeout)
                                         .is_some()
                                 );
                             }
+                            Command::Cleanup(cleanup) => assert!(
+                                tokio::time::Instant::now()
+                                    .checked_add(cleanup.client.api_timeout)
+                                    .is_some()
+                            ),
                             _ => {}
                         }
                         Ok::<(), String>(())

@@ -27,14 +27,14 @@ use crate::core::token::{ECR_PUBLIC, ECR_PUBLIC_HOST, ErrorClass, FetchError, To
 use crate::k8s::client;
 
 /// Names in the shipped manifests (deploy/common.yaml); other names need edited roles.
-pub const SHIPPED_NAMESPACE: &str = "ecr-pull-secrets";
-pub const SHIPPED_SECRET_NAME: &str = "ecr-pull-secret";
-pub const SHIPPED_LEASE_NAME: &str = "ecr-pull-secrets";
-pub const SHIPPED_CREDENTIALS_SECRET: &str = "aws-credentials";
+pub(crate) const SHIPPED_NAMESPACE: &str = "ecr-pull-secrets";
+pub(crate) const SHIPPED_SECRET_NAME: &str = "ecr-pull-secret";
+pub(crate) const SHIPPED_LEASE_NAME: &str = "ecr-pull-secrets";
+pub(crate) const SHIPPED_CREDENTIALS_SECRET: &str = "aws-credentials";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Pass,
     Fail,
     Skip,
@@ -52,16 +52,16 @@ impl Status {
 
 /// The outcome of one check. A failure always carries a fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    pub status: Status,
-    pub name: String,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) status: Status,
+    pub(crate) name: String,
+    pub(crate) detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
+    pub(crate) fix: Option<String>,
 }
 
 impl Check {
-    pub fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check {
             status: Status::Pass,
             name: name.into(),
@@ -70,7 +70,7 @@ impl Check {
         }
     }
 
-    pub fn fail(
+    pub(crate) fn fail(
         name: impl Into<String>,
         detail: impl Into<String>,
         fix: impl Into<String>,
@@ -83,7 +83,7 @@ impl Check {
         }
     }
 
-    pub fn skip(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn skip(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check {
             status: Status::Skip,
             name: name.into(),
@@ -95,8 +95,8 @@ impl Check {
 
 /// Every check, in the order they ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    pub checks: Vec<Check>,
+pub(crate) struct Report {
+    pub(crate) checks: Vec<Check>,
 }
 
 #[derive(Serialize)]
@@ -114,12 +114,12 @@ impl Report {
     }
 
     /// True when nothing failed (skipped checks are fine).
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.count(Status::Fail) == 0
     }
 
     /// `6 passed, 1 failed, 2 skipped`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "{} passed, {} failed, {} skipped",
             self.count(Status::Pass),
@@ -130,7 +130,7 @@ impl Report {
 
     /// One line per check (`PASS  name  detail`), a `fix:` line under each failure (`as
     /// above` when it repeats the previous line's), and the summary.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
         let mut out = String::new();
         let mut previous_fix = None;
@@ -155,7 +155,7 @@ impl Report {
         out
     }
 
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let report = JsonReport {
             ok: self.ok(),
             passed: self.count(Status::Pass),
@@ -182,7 +182,7 @@ fn one_line(text: &str) -> String {
 
 /// Where the shipped manifests grant a permission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// The ClusterRole `ecr-pull-secrets` (every namespace).
     ClusterRole,
     /// The Role `ecr-pull-secrets` in the controller's namespace.
@@ -191,24 +191,24 @@ pub enum Grant {
 
 /// One verb on one resource the controller needs, as a SelfSubjectAccessReview asks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permission {
-    pub verb: &'static str,
-    pub group: &'static str,
-    pub resource: &'static str,
+pub(crate) struct Permission {
+    pub(crate) verb: &'static str,
+    pub(crate) group: &'static str,
+    pub(crate) resource: &'static str,
     /// `None`: cluster-scoped, or every namespace.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// Only this object (a `resourceNames` rule); `None`: any name.
-    pub name: Option<String>,
-    pub grant: Grant,
+    pub(crate) name: Option<String>,
+    pub(crate) grant: Grant,
     /// A subresource such as `status`.
-    pub subresource: Option<&'static str>,
+    pub(crate) subresource: Option<&'static str>,
     /// The EcrPullSecret that needs this (its secretName or credentials Secret).
-    pub resource_owner: Option<String>,
+    pub(crate) resource_owner: Option<String>,
 }
 
 impl Permission {
     /// kubectl's spelling: `secrets/ecr-pull-secret`, `leases.coordination.k8s.io/<name>`.
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         let mut target = self.resource.to_string();
         if !self.group.is_empty() {
             target = format!("{target}.{}", self.group);
@@ -223,7 +223,7 @@ impl Permission {
     }
 
     /// `patch secrets/ecr-pull-secret in every namespace`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let scope = match (&self.namespace, self.resource) {
             (_, "namespaces") => String::new(),
             (None, _) => " in every namespace".to_string(),
@@ -253,7 +253,7 @@ impl Permission {
 
 /// Every permission `run` with these flags needs, mirroring deploy/common.yaml. The lease and
 /// the credentials Secret live in `own_namespace` unless --lease-namespace says otherwise.
-pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permission> {
+pub(crate) fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permission> {
     let cluster = |verb, group, resource, name: Option<&str>| Permission {
         verb,
         group,
@@ -282,9 +282,9 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
     needed.push(cluster("create", "", "secrets", None));
     // The Secret watch selects metadata.name, so list and watch are asked by name too.
     for verb in ["get", "list", "watch", "patch", "delete"] {
-        needed.push(cluster(verb, "", "secrets", Some(&args.secret_name)));
+        needed.push(cluster(verb, "", "secrets", Some(&args.secret.secret_name)));
     }
-    if args.service_accounts.is_some() {
+    if args.selection.service_accounts.is_some() {
         for verb in ["get", "list", "watch", "patch"] {
             needed.push(cluster(verb, "", "serviceaccounts", None));
         }
@@ -334,7 +334,7 @@ pub fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<Permissi
 
 /// What EcrPullSecret `owner` (configured as `resource`) needs beyond the controller's own
 /// permissions: its Secret by name everywhere, its credentials Secret by name.
-pub fn resource_permissions(
+pub(crate) fn resource_permissions(
     owner: &str,
     resource: &PipelineConfig,
     base: &RunArgs,
@@ -357,7 +357,7 @@ pub fn resource_permissions(
         };
     // What the controller's own flags do not ask for already.
     let mut needed = Vec::new();
-    if resource.secret_name != base.secret_name {
+    if resource.secret_name != base.secret.secret_name {
         for verb in ["get", "list", "watch", "patch", "delete"] {
             needed.push(permission(
                 verb,
@@ -367,7 +367,7 @@ pub fn resource_permissions(
             ));
         }
     }
-    if resource.service_accounts.is_some() && base.service_accounts.is_none() {
+    if resource.service_accounts.is_some() && base.selection.service_accounts.is_none() {
         for verb in ["get", "list", "watch", "patch"] {
             needed.push(permission(verb, "serviceaccounts", None, None));
         }
@@ -383,7 +383,7 @@ pub fn resource_permissions(
 }
 
 /// `ServiceAccount ns/name` or `user name`, from the username the API server authenticated.
-pub fn subject(username: Option<&str>) -> String {
+pub(crate) fn subject(username: Option<&str>) -> String {
     match username {
         Some(user) => match user
             .strip_prefix("system:serviceaccount:")
@@ -398,7 +398,7 @@ pub fn subject(username: Option<&str>) -> String {
 
 /// How to grant a denied permission: which shipped role holds it, and which `resourceNames`
 /// to edit when a name differs from the shipped one.
-pub fn fix_for(permission: &Permission, username: Option<&str>) -> String {
+pub(crate) fn fix_for(permission: &Permission, username: Option<&str>) -> String {
     let who = subject(username);
     let mut fix = match (permission.grant, permission.namespace.as_deref()) {
         (Grant::Role, Some(namespace)) => {
@@ -463,7 +463,7 @@ pub fn fix_for(permission: &Permission, username: Option<&str>) -> String {
 }
 
 /// What one token covers: `<hosts>; expires <RFC 3339> (in 11h59m)`. Never the token.
-pub fn describe_token(hosts: &[String], expires_at: SystemTime, now: SystemTime) -> String {
+pub(crate) fn describe_token(hosts: &[String], expires_at: SystemTime, now: SystemTime) -> String {
     let when = match expires_at.duration_since(now) {
         Ok(left) => format!("in {}", crate::core::time::span(left)),
         Err(past) => format!("expired {} ago", crate::core::time::span(past.duration())),
@@ -477,7 +477,7 @@ pub fn describe_token(hosts: &[String], expires_at: SystemTime, now: SystemTime)
 
 /// The hosts the controller writes with this token: ECR Public's one host; a region's
 /// configured hosts, or without any, the credentials' own registry in the region.
-pub fn token_hosts(token: &Token, configured: &[RegistryHost]) -> Vec<String> {
+pub(crate) fn token_hosts(token: &Token, configured: &[RegistryHost]) -> Vec<String> {
     if token.identity == ECR_PUBLIC {
         return vec![ECR_PUBLIC_HOST.to_string()];
     }
@@ -492,7 +492,7 @@ pub fn token_hosts(token: &Token, configured: &[RegistryHost]) -> Vec<String> {
 }
 
 /// A short summary of what is being checked, for the configuration line.
-pub fn describe_config(config: &PipelineConfig) -> String {
+pub(crate) fn describe_config(config: &PipelineConfig) -> String {
     let mut identities = config.regions();
     if config.ecr_public {
         identities.push(ECR_PUBLIC.to_string());
@@ -529,7 +529,7 @@ async fn bounded<T>(args: &RunArgs, future: impl Future<Output = T>) -> Option<T
 }
 
 /// Every check, in order. Never an error: a problem is a failed check with its fix.
-pub async fn run_checks(args: &RunArgs) -> Report {
+pub(crate) async fn run_checks(args: &RunArgs) -> Report {
     let mut report = Report::default();
     let flags = args.as_pipeline();
     let valid = match &flags {
@@ -790,7 +790,7 @@ async fn permissions(
         };
         report.checks.push(check);
     }
-    if args.service_accounts.is_none() {
+    if args.selection.service_accounts.is_none() {
         report.checks.push(Check::skip(
             "permission",
             "get, list, watch, patch serviceaccounts: not needed without --service-accounts",

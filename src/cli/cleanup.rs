@@ -8,7 +8,7 @@ use crate::cli::args::CleanupArgs;
 use crate::k8s::cleanup::{Report, remove};
 use crate::k8s::leader::Fence;
 
-pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
+pub async fn cleanup(args: &CleanupArgs) -> Result<(), Error> {
     let client = crate::k8s::client::connect().await?;
     let report = cleanup_with(&client, args).await?;
     let verb = if args.dry_run {
@@ -20,7 +20,10 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
         println!("{verb} Secret {secret}");
     }
     for sa in &report.service_accounts {
-        println!("{verb} {} from ServiceAccount {sa}", args.secret_name);
+        println!(
+            "{verb} {} from ServiceAccount {sa}",
+            args.secret.secret_name
+        );
     }
     println!(
         "{verb} {} Secret(s) and {} ServiceAccount entr{}{}",
@@ -37,16 +40,16 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<Report, Error> {
             ""
         }
     );
-    Ok(report)
+    Ok(())
 }
 
-pub async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
+pub(crate) async fn cleanup_with(client: &Client, args: &CleanupArgs) -> Result<Report, Error> {
     remove(
         client,
-        &args.secret_name,
+        &args.secret.secret_name,
         None,
         args.dry_run,
-        args.api_timeout,
+        args.client.api_timeout,
         true,
         // A one-shot command, not a leader: nothing to fence.
         &Fence::open(),

@@ -30,7 +30,7 @@ use crate::core::service_accounts::Targets;
 use crate::core::time::{relative, rfc3339, span};
 
 /// Exit code when the report is complete but some selected namespace is not in sync.
-pub const EXIT_NOT_SYNCED: u8 = 3;
+pub(crate) const EXIT_NOT_SYNCED: u8 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // States
@@ -38,7 +38,7 @@ pub const EXIT_NOT_SYNCED: u8 = 3;
 /// The state of one namespace's pull secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Ours, not expired, carrying the newest fingerprint among our Secrets.
     Synced,
     /// Ours, but an older config than the newest: a rotation has not reached it yet.
@@ -49,7 +49,8 @@ pub enum State {
     Edited,
     /// Selected, and no Secret with our name.
     Missing,
-    /// Selected, and a Secret with our name that is not ours (no managed label): never touched.
+    /// Selected, and a Secret with our name that is not ours ([`SecretView::managed`]): never
+    /// touched.
     Conflict,
     /// Ours in a namespace that is not selected: the controller removes it.
     Orphaned,
@@ -60,7 +61,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 9] = [
+    pub(crate) const ALL: [State; 9] = [
         State::Synced,
         State::Outdated,
         State::Expired,
@@ -72,7 +73,7 @@ impl State {
         State::Terminating,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Synced => "synced",
             State::Outdated => "outdated",
@@ -95,20 +96,21 @@ impl fmt::Display for State {
 
 /// What the metadata of a Secret with our name says (never its data).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SecretView {
-    /// Carries our managed label.
-    pub managed: bool,
-    pub fingerprint: Option<String>,
-    pub expires_at: Option<SystemTime>,
-    pub registries: Vec<String>,
+pub(crate) struct SecretView {
+    /// Ours as the controller decides it ([`ours`]): our managed label, set by our field
+    /// manager, and no owner label (`status` shows the flag-configured secret).
+    pub(crate) managed: bool,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) registries: Vec<String>,
     /// The latest time our field manager wrote it (managedFields).
-    pub last_write: Option<SystemTime>,
+    pub(crate) last_write: Option<SystemTime>,
     /// Another field manager owns its data.
-    pub edited: bool,
+    pub(crate) edited: bool,
 }
 
 impl SecretView {
-    pub fn of(meta: &ObjectMeta) -> SecretView {
+    pub(crate) fn of(meta: &ObjectMeta) -> SecretView {
         let annotation = |key: &str| {
             meta.annotations
                 .as_ref()
@@ -144,7 +146,7 @@ impl SecretView {
 
 /// The fingerprint of the newest config among our Secrets: the latest expiry, and among equal
 /// expiries (a registry change keeps the token) the latest write.
-pub fn newest_fingerprint<'a>(
+pub(crate) fn newest_fingerprint<'a>(
     secrets: impl IntoIterator<Item = &'a SecretView>,
 ) -> Option<&'a str> {
     secrets
@@ -157,7 +159,7 @@ pub fn newest_fingerprint<'a>(
 
 /// The state of one namespace, from the selection's decision, the Secret with our name there
 /// (if any), the newest fingerprint among our Secrets, and the time.
-pub fn classify(
+pub(crate) fn classify(
     decision: Decision,
     secret: Option<&SecretView>,
     newest: Option<&str>,
@@ -183,7 +185,7 @@ pub fn classify(
 
 /// ServiceAccounts of `targets` in a namespace that lack our entry, sorted. Only existing ones:
 /// the controller never creates ServiceAccounts.
-pub fn service_accounts_missing<'a>(
+pub(crate) fn service_accounts_missing<'a>(
     targets: &Targets,
     accounts: impl IntoIterator<Item = &'a ServiceAccount>,
     secret_name: &str,
@@ -208,14 +210,14 @@ pub fn service_accounts_missing<'a>(
 
 /// What the API server returned; the input of [`Report::build`].
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub namespaces: Vec<ObjectMeta>,
+pub(crate) struct Snapshot {
+    pub(crate) namespaces: Vec<ObjectMeta>,
     /// Metadata of every Secret with our name.
-    pub secrets: Vec<ObjectMeta>,
+    pub(crate) secrets: Vec<ObjectMeta>,
     /// Every ServiceAccount, when `--service-accounts` is given.
-    pub service_accounts: Option<(Targets, Vec<ServiceAccount>)>,
+    pub(crate) service_accounts: Option<(Targets, Vec<ServiceAccount>)>,
     /// `namespace/name` of the Lease looked at, and the Lease if it exists.
-    pub lease: (String, Option<Lease>),
+    pub(crate) lease: (String, Option<Lease>),
 }
 
 /// The report, as `--output json` prints it (camelCase, like Kubernetes). Field names and state
@@ -223,55 +225,55 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    pub secret_name: String,
+    pub(crate) secret_name: String,
     /// `None` when there is no Lease.
-    pub leader: Option<Leader>,
+    pub(crate) leader: Option<Leader>,
     /// Every namespace, sorted by name.
-    pub namespaces: Vec<Row>,
-    pub counts: Counts,
+    pub(crate) namespaces: Vec<Row>,
+    pub(crate) counts: Counts,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Leader {
+pub(crate) struct Leader {
     /// `namespace/name` of the Lease.
-    pub lease: String,
+    pub(crate) lease: String,
     /// `None` when the lease was released and nobody took it yet.
-    pub holder: Option<String>,
+    pub(crate) holder: Option<String>,
     #[serde(serialize_with = "time")]
-    pub acquire_time: Option<SystemTime>,
+    pub(crate) acquire_time: Option<SystemTime>,
     #[serde(serialize_with = "time")]
-    pub renew_time: Option<SystemTime>,
-    pub lease_duration_seconds: Option<i32>,
-    pub lease_transitions: Option<i32>,
+    pub(crate) renew_time: Option<SystemTime>,
+    pub(crate) lease_duration_seconds: Option<i32>,
+    pub(crate) lease_transitions: Option<i32>,
     /// Not renewed within its duration, by this machine's clock: nobody is leading.
-    pub expired: bool,
+    pub(crate) expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Row {
-    pub namespace: String,
-    pub selected: bool,
+pub(crate) struct Row {
+    pub(crate) namespace: String,
+    pub(crate) selected: bool,
     /// Why not selected: `excluded`, `opt-out`, `not-included`, `label-selector`, `terminating`;
     /// `None` when selected.
-    pub reason: Option<&'static str>,
-    pub state: State,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) state: State,
     /// From the registries annotation of our Secret.
-    pub registries: Vec<String>,
+    pub(crate) registries: Vec<String>,
     #[serde(serialize_with = "time")]
-    pub expires_at: Option<SystemTime>,
+    pub(crate) expires_at: Option<SystemTime>,
     /// When our field manager last wrote the Secret.
     #[serde(serialize_with = "time")]
-    pub last_write: Option<SystemTime>,
+    pub(crate) last_write: Option<SystemTime>,
     /// Target ServiceAccounts lacking our entry (selected namespaces only); `None` when
     /// `--service-accounts` was not given.
-    pub service_accounts_missing: Option<Vec<String>>,
+    pub(crate) service_accounts_missing: Option<Vec<String>>,
 }
 
 impl Row {
     /// Selected and not as it should be: this is what exit code 3 reports.
-    pub fn needs_attention(&self) -> bool {
+    pub(crate) fn needs_attention(&self) -> bool {
         self.selected
             && (self.state != State::Synced
                 || self
@@ -283,7 +285,7 @@ impl Row {
 
 /// Namespaces per state; every state is always present.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Counts(BTreeMap<State, usize>);
+pub(crate) struct Counts(BTreeMap<State, usize>);
 
 impl Counts {
     fn of(rows: &[Row]) -> Counts {
@@ -294,7 +296,7 @@ impl Counts {
         Counts(counts)
     }
 
-    pub fn get(&self, state: State) -> usize {
+    pub(crate) fn get(&self, state: State) -> usize {
         self.0.get(&state).copied().unwrap_or(0)
     }
 }
@@ -307,7 +309,7 @@ fn time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl Report {
-    pub fn build(
+    pub(crate) fn build(
         snapshot: &Snapshot,
         selection: &Selection,
         secret_name: &str,
@@ -368,7 +370,7 @@ impl Report {
     }
 
     /// Every selected namespace synced, with its ServiceAccount entries.
-    pub fn in_sync(&self) -> bool {
+    pub(crate) fn in_sync(&self) -> bool {
         !self.namespaces.iter().any(Row::needs_attention)
     }
 
@@ -410,7 +412,7 @@ fn expiry(t: SystemTime, now: SystemTime) -> String {
 
 /// The report for people: a header with the leader, a row per namespace, counts and, for each
 /// problem seen, what it means and what to do.
-pub fn table(report: &Report, now: SystemTime) -> String {
+pub(crate) fn table(report: &Report, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Secret: {}", report.secret_name);
     let _ = writeln!(out, "Leader: {}", leader_line(report, now));
@@ -534,8 +536,9 @@ fn hint(state: State, secret_name: &str) -> Option<String> {
                           restores it within a second"
             .to_string(),
         State::Conflict => format!(
-            "conflict: a Secret {secret_name} without label {MANAGED_LABEL}={MANAGED_VALUE} is \
-             left untouched; delete it, label it, choose another --secret-name, or run with \
+            "conflict: a Secret {secret_name} that is not ours (no label \
+             {MANAGED_LABEL}={MANAGED_VALUE} set by the controller, or another EcrPullSecret's) \
+             is left untouched; delete it, choose another --secret-name, or run with \
              --adopt-existing"
         ),
         State::Orphaned => "orphaned: ours in a namespace that is not selected; a controller \
@@ -586,7 +589,7 @@ fn columns(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// The report as one pretty-printed JSON object.
-pub fn json(report: &Report) -> String {
+pub(crate) fn json(report: &Report) -> String {
     serde_json::to_string_pretty(report).expect("the report serializes")
 }
 
@@ -596,11 +599,11 @@ pub fn json(report: &Report) -> String {
 /// Reads, builds and prints the report. `Ok` also when namespaces are not in sync: see
 /// [`Report::exit_code`].
 pub async fn status(args: &StatusArgs) -> Result<Report, Error> {
-    let selection = args.selection().map_err(Error::Config)?;
+    let selection = args.selection.to_selection().map_err(Error::Config)?;
     let client = crate::k8s::client::connect().await?;
     let snapshot = observe(&client, args).await?;
     let now = SystemTime::now();
-    let report = Report::build(&snapshot, &selection, &args.secret_name, now);
+    let report = Report::build(&snapshot, &selection, &args.secret.secret_name, now);
     let text = match args.output {
         OutputFormat::Table => table(&report, now),
         OutputFormat::Json => json(&report) + "\n",
@@ -614,9 +617,9 @@ const PAGE: u32 = 500;
 
 /// The reads: namespace metadata, the metadata of Secrets with our name, ServiceAccounts (only
 /// with `--service-accounts`), the Lease.
-pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Error> {
-    let timeout = args.api_timeout;
-    let name = &args.secret_name;
+pub(crate) async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Error> {
+    let timeout = args.client.api_timeout;
+    let name = &args.secret.secret_name;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespaces = pages(
@@ -649,7 +652,7 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
     )
     .await?;
 
-    let service_accounts = match &args.service_accounts {
+    let service_accounts = match &args.selection.service_accounts {
         Some(targets) => {
             let api: Api<ServiceAccount> = Api::all(client.clone());
             let all = pages(
@@ -670,12 +673,13 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
     };
 
     let lease_namespace = args
+        .lease
         .lease_namespace
         .clone()
-        .or_else(|| args.namespace.clone())
+        .or_else(|| args.lease.namespace.clone())
         .unwrap_or_else(|| client.default_namespace().to_string());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
-    let lease_ref = format!("{lease_namespace}/{}", args.lease_name);
+    let lease_ref = format!("{lease_namespace}/{}", args.lease.lease_name);
     let lease = bounded(
         timeout,
         &format!("get Lease {lease_ref}"),
@@ -683,9 +687,9 @@ pub async fn observe(client: &Client, args: &StatusArgs) -> Result<Snapshot, Err
             "`get` on leases named {} in namespace {lease_namespace} (the Role in \
              deploy/common.yaml); or pass the --lease-namespace and --lease-name the controller \
              runs with",
-            args.lease_name
+            args.lease.lease_name
         ),
-        leases.get_opt(&args.lease_name),
+        leases.get_opt(&args.lease.lease_name),
     )
     .await?;
 
@@ -940,8 +944,9 @@ mod tests {
         assert_eq!(SecretView::of(&bad).expires_at, None);
     }
 
-    /// `status` and the controller share one definition of "ours" (`reconcile::ours`): another
-    /// EcrPullSecret's Secret, or our label set by someone else, is a conflict for both.
+    /// `status` and the controller share one definition of "ours" (`core::meta::ours`), where
+    /// they used to disagree: another EcrPullSecret's Secret with the same name, or our label
+    /// set by someone else (kubectl), is a conflict for both.
     #[test]
     fn ours_is_the_controllers_definition() {
         let mut other_resource = ours("a", "fp", 3600, 10);
@@ -1280,7 +1285,7 @@ synced       yes            synced    123456789012.dkr.ecr.eu-west-1.amazonaws.c
 
 5 namespaces, 3 selected: 1 synced, 1 missing, 1 conflict, 1 orphaned, 1 excluded
 missing: no Secret yet; check that the controller runs and leads (Leader above) and its log for `reconcile failed`
-conflict: a Secret ecr-pull-secret without label app.kubernetes.io/managed-by=ecr-pull-secrets is left untouched; delete it, label it, choose another --secret-name, or run with --adopt-existing
+conflict: a Secret ecr-pull-secret that is not ours (no label app.kubernetes.io/managed-by=ecr-pull-secrets set by the controller, or another EcrPullSecret's) is left untouched; delete it, choose another --secret-name, or run with --adopt-existing
 orphaned: ours in a namespace that is not selected; a controller running with these selection flags removes it (different flags here than in `run`?)
 SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a running controller started with the same --service-accounts adds it
 ";
@@ -1546,7 +1551,7 @@ SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a ru
             .await;
             let err = reads.await.unwrap().unwrap_err();
             let text = err.to_string();
-            assert_eq!(err.metric_label(), "config", "{text}");
+            assert!(matches!(err, Error::Config(_)), "{text}");
             assert!(text.contains("not allowed to"), "{text}");
             assert!(text.contains("forbidden: User"), "{text}");
             for part in expected {
@@ -1564,7 +1569,7 @@ SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a ru
         let pending = server.next_request().await;
         let err = reads.await.unwrap().unwrap_err();
         drop(pending);
-        assert_eq!(err.metric_label(), "timeout");
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
         assert!(err.to_string().contains("--api-timeout"), "{err}");
     }
 }

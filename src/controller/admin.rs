@@ -16,12 +16,12 @@ use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct AdminState {
-    pub health: Arc<Health>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct AdminState {
+    pub(crate) health: Arc<Health>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -64,7 +64,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 
 /// Binds the listener (so a taken port fails at start) and returns the bound address and the
 /// serving future.
-pub async fn bind(
+pub(crate) async fn bind(
     address: &str,
     state: AdminState,
 ) -> std::io::Result<(

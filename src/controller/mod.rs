@@ -1,10 +1,10 @@
 //! The controller: one pipeline per configuration (`pipeline`), reconciling a namespace
 //! (`reconcile`), the supervisor of EcrPullSecrets (`supervisor`), and the admin listener.
 
-pub mod admin;
-pub mod pipeline;
+pub(crate) mod admin;
+pub(crate) mod pipeline;
 pub mod reconcile;
-pub mod supervisor;
+pub(crate) mod supervisor;
 
 /// Aborts a spawned task when dropped, so nothing outlives the scope that started it.
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);

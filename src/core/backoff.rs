@@ -17,7 +17,7 @@ pub struct Exponential {
 impl Exponential {
     /// Delay before retry number `attempt` (0-based), `random` in `[0, 1)`: a random point in the
     /// upper half of the exponential ceiling, so delays spread out yet still grow visibly.
-    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
         let ceiling = self
             .initial
             .saturating_mul(2u32.saturating_pow(attempt.min(30)))
@@ -50,14 +50,14 @@ impl<K: Eq + Hash + Clone> Gate<K> {
     }
 
     /// `Some(wait)` while `key` is backing off.
-    pub fn check(&self, key: &K, now: Instant) -> Option<Duration> {
+    pub(crate) fn check(&self, key: &K, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().expect("gate lock");
         let entry = entries.get(key)?;
         (entry.retry_at > now).then(|| entry.retry_at - now)
     }
 
     /// Records a failure; returns how long to wait before the next attempt.
-    pub fn failed(&self, key: &K, now: Instant, random: f64) -> Duration {
+    pub(crate) fn failed(&self, key: &K, now: Instant, random: f64) -> Duration {
         let mut entries = self.entries.lock().expect("gate lock");
         let failures = entries.get(key).map_or(0, |e| e.failures);
         let delay = self.policy.delay(failures, random);
@@ -72,12 +72,12 @@ impl<K: Eq + Hash + Clone> Gate<K> {
     }
 
     /// A success ends the backoff.
-    pub fn succeeded(&self, key: &K) {
+    pub(crate) fn succeeded(&self, key: &K) {
         self.entries.lock().expect("gate lock").remove(key);
     }
 
     /// Consecutive failures recorded for `key`.
-    pub fn failures(&self, key: &K) -> u32 {
+    pub(crate) fn failures(&self, key: &K) -> u32 {
         self.entries
             .lock()
             .expect("gate lock")
@@ -86,12 +86,9 @@ impl<K: Eq + Hash + Clone> Gate<K> {
     }
 
     /// Keys currently backing off or failed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.lock().expect("gate lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

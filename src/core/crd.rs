@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::core::{Expression, Selector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +28,9 @@ use crate::core::token::RefreshPolicy;
 
 pub use crate::core::meta::OWNER_LABEL;
 
-pub const GROUP: &str = "ecr-pull-secrets.io";
+pub(crate) const GROUP: &str = "ecr-pull-secrets.io";
 /// Holds a resource until its secrets and ServiceAccount entries are removed.
-pub const FINALIZER: &str = "ecr-pull-secrets.io/cleanup";
+pub(crate) const FINALIZER: &str = "ecr-pull-secrets.io/cleanup";
 
 const HOST_RULE: &str =
     r"self.matches('^[0-9]{12}\\.dkr\\.ecr(-fips)?\\.[a-z0-9-]+\\.amazonaws\\.com(\\.cn)?$')";
@@ -315,7 +316,7 @@ pub fn crd_yaml() -> String {
 }
 
 /// Parses a Go-style duration (`90s`, `1h30m`, `1.5h`), the syntax the CRD's rules accept.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration; use forms such as 30m, 6h or 1h30m");
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -346,34 +347,27 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
-/// `matchLabels` and `matchExpressions` in `kubectl -l` syntax, which [`crate::core::selection`] parses.
-pub fn selector_string(selector: &LabelSelector) -> Result<Option<String>, String> {
-    let mut parts = Vec::new();
-    for (key, value) in selector.match_labels.iter().flatten() {
-        parts.push(format!("{key}={value}"));
-    }
-    for expression in selector.match_expressions.iter().flatten() {
-        let values = expression.values.clone().unwrap_or_default();
-        let key = &expression.key;
-        match expression.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                return Err(format!(
-                    "matchExpressions: {key} {} needs at least one value",
-                    expression.operator
-                ));
-            }
-            "In" => parts.push(format!("{key} in ({})", values.join(","))),
-            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
-            "Exists" => parts.push(key.clone()),
-            "DoesNotExist" => parts.push(format!("!{key}")),
-            other => {
-                return Err(format!(
-                    "matchExpressions: operator {other:?} of {key} is not one of In, NotIn, Exists, DoesNotExist"
-                ));
-            }
+/// `matchLabels` and `matchExpressions` as kube's [`Selector`]. Kube's conversion error names
+/// neither the requirement nor what is allowed, so a refusal is described here.
+pub(crate) fn spec_selector(selector: &LabelSelector) -> Result<Selector, String> {
+    Selector::try_from(selector.clone()).map_err(|error| {
+        let refused = selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .find(|r| Expression::try_from((*r).clone()).is_err());
+        match refused {
+            Some(r) if matches!(r.operator.as_str(), "In" | "NotIn") => format!(
+                "matchExpressions: {} {} needs at least one value",
+                r.key, r.operator
+            ),
+            Some(r) => format!(
+                "matchExpressions: operator {:?} of {} is not one of In, NotIn, Exists, DoesNotExist",
+                r.operator, r.key
+            ),
+            None => format!("matchExpressions: {error}"),
         }
-    }
-    Ok((!parts.is_empty()).then(|| parts.join(",")))
+    })
 }
 
 impl EcrPullSecretSpec {
@@ -449,17 +443,12 @@ impl EcrPullSecretSpec {
         let namespaces = self.namespaces.clone().unwrap_or_default();
         let selector = match &namespaces.selector {
             Some(selector) => {
-                selector_string(selector).map_err(|e| format!("{}: {e}", SPEC.selector))?
+                spec_selector(selector).map_err(|e| format!("{}: {e}", SPEC.selector))?
             }
-            None => None,
+            None => Selector::default(),
         };
-        Selection::new(
-            &SPEC,
-            &namespaces.include,
-            &namespaces.exclude,
-            selector.as_deref(),
-        )
-        .map_err(|e| e.to_string())
+        Selection::with_selector(&SPEC, &namespaces.include, &namespaces.exclude, selector)
+            .map_err(|e| e.to_string())
     }
 
     /// Without spec.credentials the resource is the controller's own identity (its credentials
@@ -571,35 +560,54 @@ mod tests {
     }
 
     #[test]
-    fn label_selector_in_kubectl_syntax() {
+    fn spec_selector_is_kubes() {
+        use kube::core::SelectorExt;
+        let requirement =
+            |key: &str, operator: &str, values: Option<&[&str]>| LabelSelectorRequirement {
+                key: key.into(),
+                operator: operator.into(),
+                values: values.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            };
         let selector = LabelSelector {
             match_labels: Some(BTreeMap::from([("env".into(), "prod".into())])),
             match_expressions: Some(vec![
-                LabelSelectorRequirement {
-                    key: "team".into(),
-                    operator: "In".into(),
-                    values: Some(vec!["a".into(), "b".into()]),
-                },
-                LabelSelectorRequirement {
-                    key: "legacy".into(),
-                    operator: "DoesNotExist".into(),
-                    values: None,
-                },
+                requirement("team", "In", Some(&["b", "a"])),
+                requirement("legacy", "DoesNotExist", None),
             ]),
         };
-        let text = selector_string(&selector).unwrap().unwrap();
-        assert_eq!(text, "env=prod,team in (a,b),!legacy");
-        Selection::new(&SPEC, &[], &[], Some(&text)).expect("the selection parses it");
-        let bad = LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "x".into(),
-                operator: "Near".into(),
-                values: None,
-            }]),
-            ..LabelSelector::default()
+        let selector = spec_selector(&selector).unwrap();
+        assert_eq!(selector.to_string(), "env=prod,team in (a,b),!legacy");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
-        assert!(selector_string(&bad).unwrap_err().contains("Near"));
-        assert_eq!(selector_string(&LabelSelector::default()), Ok(None));
+        assert!(selector.matches(&labels(&[("env", "prod"), ("team", "a")])));
+        assert!(!selector.matches(&labels(&[("env", "prod"), ("team", "c")])));
+        assert!(!selector.matches(&labels(&[("env", "prod"), ("team", "a"), ("legacy", "")])));
+        for (bad, expected) in [
+            (
+                requirement("x", "Near", None),
+                "operator \"Near\" of x is not one of In, NotIn, Exists, DoesNotExist",
+            ),
+            (
+                requirement("x", "NotIn", None),
+                "matchExpressions: x NotIn needs at least one value",
+            ),
+        ] {
+            let bad = LabelSelector {
+                match_expressions: Some(vec![bad]),
+                ..LabelSelector::default()
+            };
+            let error = spec_selector(&bad).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(
+            spec_selector(&LabelSelector::default())
+                .unwrap()
+                .selects_all()
+        );
     }
 
     #[test]
@@ -738,6 +746,18 @@ mod tests {
             (
                 "namespaces: {selector: {matchLabels: {'a b': c}}}",
                 "spec.namespaces.selector",
+            ),
+            (
+                "namespaces: {selector: {matchExpressions: [{key: env, operator: Near}]}}",
+                "spec.namespaces.selector: matchExpressions: operator \"Near\"",
+            ),
+            (
+                "namespaces: {selector: {matchExpressions: [{key: env, operator: In, values: []}]}}",
+                "spec.namespaces.selector: ",
+            ),
+            (
+                "namespaces: {selector: {matchLabels: {env: -prod}}}",
+                "spec.namespaces.selector: \"-prod\" is not a valid label value",
             ),
         ] {
             let error = spec(&format!("secretName: s\necrPublic: true\n{yaml}\n"))

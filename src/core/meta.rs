@@ -10,36 +10,36 @@ use kube::api::PartialObjectMeta;
 /// Label with the EcrPullSecret that owns a Secret (absent: the flag-configured secret).
 pub const OWNER_LABEL: &str = "ecr-pull-secrets.io/owner";
 /// Namespace annotation that opts a namespace out (value "true", case-insensitive).
-pub const OPT_OUT_ANNOTATION: &str = "ecr-pull-secrets.io/exclude";
+pub(crate) const OPT_OUT_ANNOTATION: &str = "ecr-pull-secrets.io/exclude";
 
 /// Field manager of every write (server-side apply).
-pub const FIELD_MANAGER: &str = "ecr-pull-secrets";
+pub(crate) const FIELD_MANAGER: &str = "ecr-pull-secrets";
 /// Label on every Secret we manage; a same-named Secret without it is someone else's.
 pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_VALUE: &str = "ecr-pull-secrets";
 /// Hash of the rendered config (never the token itself): unchanged writes are skipped.
 pub const FINGERPRINT_ANNOTATION: &str = "ecr-pull-secrets.io/fingerprint";
-pub const EXPIRES_ANNOTATION: &str = "ecr-pull-secrets.io/expires-at";
-pub const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
-pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
-pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub(crate) const EXPIRES_ANNOTATION: &str = "ecr-pull-secrets.io/expires-at";
+pub(crate) const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
+pub(crate) const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+pub(crate) const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
 /// Labels a resource's Secrets carry besides the managed-by label.
-pub fn owner_labels(owner: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn owner_labels(owner: Option<&str>) -> BTreeMap<String, String> {
     owner
         .map(|o| BTreeMap::from([(OWNER_LABEL.to_string(), o.to_string())]))
         .unwrap_or_default()
 }
 
 /// The EcrPullSecret that owns a Secret (`None`: written by the flag-configured controller).
-pub fn owner_of(meta: &ObjectMeta) -> Option<&str> {
+pub(crate) fn owner_of(meta: &ObjectMeta) -> Option<&str> {
     meta.labels
         .as_ref()
         .and_then(|l| l.get(OWNER_LABEL))
         .map(String::as_str)
 }
 
-pub fn is_managed(meta: &ObjectMeta) -> bool {
+pub(crate) fn is_managed(meta: &ObjectMeta) -> bool {
     meta.labels
         .as_ref()
         .and_then(|l| l.get(MANAGED_LABEL))
@@ -50,7 +50,7 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 /// A label alone can be copied by anyone who may create a Secret; a Secret created with our
 /// label by someone else (kubectl, another tool) lacks this entry and is never overwritten or
 /// deleted.
-pub fn labelled_by_us(meta: &ObjectMeta) -> bool {
+pub(crate) fn labelled_by_us(meta: &ObjectMeta) -> bool {
     meta.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(FIELD_MANAGER)
             && entry.fields_v1.as_ref().is_some_and(|f| {
@@ -71,7 +71,7 @@ pub fn ours(meta: &ObjectMeta, owner: Option<&str>) -> bool {
 
 /// Another field manager owns our config key: someone edited the data. Visible in metadata, so
 /// drift is caught without reading Secret contents.
-pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
+pub(crate) fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
     meta.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() != Some(FIELD_MANAGER)
             && entry.fields_v1.as_ref().is_some_and(|f| {
@@ -86,7 +86,7 @@ pub fn edited_by_someone_else(meta: &ObjectMeta) -> bool {
 /// configured, the opt-out annotation, deletion state): managedFields and other annotations (a
 /// `last-applied-configuration` can be kilobytes) would otherwise dominate the cache on
 /// clusters with many namespaces.
-pub fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>, keep_labels: bool) {
+pub(crate) fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>, keep_labels: bool) {
     // apiVersion and kind are the same for every object (two allocations each).
     ns.types = None;
     let meta = &mut ns.metadata;

@@ -4,11 +4,11 @@
 pub mod backoff;
 pub mod crd;
 pub mod meta;
-pub mod names;
+pub(crate) mod names;
 pub mod pipeline;
 pub mod registry;
 pub mod render;
 pub mod selection;
 pub mod service_accounts;
-pub mod time;
+pub(crate) mod time;
 pub mod token;

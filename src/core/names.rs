@@ -2,7 +2,7 @@
 
 /// RFC 1123 label: 1 to 63 of a-z, 0-9 and '-', starting and ending alphanumeric (namespace
 /// names).
-pub fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -13,7 +13,7 @@ pub fn is_dns_label(s: &str) -> bool {
 
 /// RFC 1123 subdomain: at most 253 characters of dot-separated labels (Secret, ServiceAccount
 /// and Lease names, label-key prefixes).
-pub fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

@@ -13,7 +13,7 @@ use crate::core::token::RefreshPolicy;
 /// Inclusive bounds of a duration setting. Every one has both: zero spins a loop or reads as
 /// "no time at all", and a huge value overflows clock arithmetic (a panic, or a task that dies
 /// while the process still looks ready).
-pub type Bounds = (Duration, Duration);
+pub(crate) type Bounds = (Duration, Duration);
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -22,15 +22,15 @@ const fn secs(s: u64) -> Duration {
 /// The longest refresh interval bound: the CRD's `frequency` has the same floor (one call a
 /// minute per identity is far below ECR's 20/s); tokens last 12 h, so a longer bound never
 /// applies.
-pub const MAX_REFRESH_INTERVAL: Bounds = (secs(60), secs(24 * 3600));
+pub(crate) const MAX_REFRESH_INTERVAL: Bounds = (secs(60), secs(24 * 3600));
 /// The refresh margin: beyond a token's 12 h lifetime it is ignored anyway.
-pub const REFRESH_MARGIN: Bounds = (secs(0), secs(12 * 3600));
+pub(crate) const REFRESH_MARGIN: Bounds = (secs(0), secs(12 * 3600));
 /// Writes per second and burst, flags and `spec.writes` alike.
-pub const MAX_WRITES_PER_SECOND: u32 = 10_000;
+pub(crate) const MAX_WRITES_PER_SECOND: u32 = 10_000;
 
 /// `value` when within `bounds`, else an error naming `name` (a flag or a spec field) and the
 /// range.
-pub fn within(name: &str, value: Duration, (min, max): Bounds) -> Result<Duration, String> {
+pub(crate) fn within(name: &str, value: Duration, (min, max): Bounds) -> Result<Duration, String> {
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
@@ -44,7 +44,7 @@ pub fn within(name: &str, value: Duration, (min, max): Bounds) -> Result<Duratio
 }
 
 /// A writes-per-second setting within 1 to [`MAX_WRITES_PER_SECOND`].
-pub fn writes_within(name: &str, value: i64) -> Result<u32, String> {
+pub(crate) fn writes_within(name: &str, value: i64) -> Result<u32, String> {
     u32::try_from(value)
         .ok()
         .filter(|v| (1..=MAX_WRITES_PER_SECOND).contains(v))
@@ -52,7 +52,7 @@ pub fn writes_within(name: &str, value: i64) -> Result<u32, String> {
 }
 
 /// A refresh fraction strictly between 0 and 1.
-pub fn fraction_within(name: &str, value: f64) -> Result<f64, String> {
+pub(crate) fn fraction_within(name: &str, value: f64) -> Result<f64, String> {
     if value > 0.0 && value < 1.0 {
         Ok(value)
     } else {
@@ -64,19 +64,19 @@ pub fn fraction_within(name: &str, value: f64) -> Result<f64, String> {
 
 /// A role to assume on top of the base credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssumeRole {
-    pub role_arn: String,
-    pub external_id: Option<String>,
-    pub session_name: String,
+pub(crate) struct AssumeRole {
+    pub(crate) role_arn: String,
+    pub(crate) external_id: Option<String>,
+    pub(crate) session_name: String,
 }
 
 /// The IAM partitions a role ARN may name: those whose ECR endpoints the registry parser
 /// knows (`core::registry::dns_suffix`). The CRD's CEL rule is built from the same list.
-pub const ROLE_ARN_PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
+pub(crate) const ROLE_ARN_PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
 
 /// Checks the shape of a role ARN: `arn:<partition>:iam::<12-digit account>:role/<name>`.
 /// `name` is the flag or field the error names.
-pub fn validate_role_arn(name: &str, arn: &str) -> Result<(), String> {
+pub(crate) fn validate_role_arn(name: &str, arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -101,20 +101,20 @@ pub fn validate_role_arn(name: &str, arn: &str) -> Result<(), String> {
 
 /// How a pipeline gets its AWS credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AwsIdentity {
+pub(crate) struct AwsIdentity {
     /// A Secret in the controller's namespace with the keys; None: the default chain.
-    pub credentials_secret: Option<String>,
+    pub(crate) credentials_secret: Option<String>,
     /// A role assumed on top of the base credentials.
-    pub role: Option<AssumeRole>,
+    pub(crate) role: Option<AssumeRole>,
 }
 
 /// What a resource inherits from the controller's flags when its spec leaves it out.
 #[derive(Debug, Clone)]
 pub struct Inherited {
-    pub identity: AwsIdentity,
-    pub refresh: RefreshPolicy,
-    pub write_qps: u32,
-    pub write_burst: u32,
+    pub(crate) identity: AwsIdentity,
+    pub(crate) refresh: RefreshPolicy,
+    pub(crate) write_qps: u32,
+    pub(crate) write_burst: u32,
 }
 
 /// Everything one pipeline does: the flag-configured secret and every EcrPullSecret are one of
@@ -122,25 +122,25 @@ pub struct Inherited {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// The Secret written into each namespace.
-    pub secret_name: String,
+    pub(crate) secret_name: String,
     /// The EcrPullSecret served; None for the flag-configured secret.
-    pub owner: Option<String>,
-    pub registries: Vec<RegistryHost>,
+    pub(crate) owner: Option<String>,
+    pub(crate) registries: Vec<RegistryHost>,
     /// The region when no registry is named (`--region`).
-    pub region: Option<String>,
-    pub ecr_public: bool,
-    pub selection: Selection,
-    pub service_accounts: Option<Targets>,
-    pub adopt_existing: bool,
-    pub identity: AwsIdentity,
-    pub refresh: RefreshPolicy,
-    pub write_qps: u32,
-    pub write_burst: u32,
+    pub(crate) region: Option<String>,
+    pub(crate) ecr_public: bool,
+    pub(crate) selection: Selection,
+    pub(crate) service_accounts: Option<Targets>,
+    pub(crate) adopt_existing: bool,
+    pub(crate) identity: AwsIdentity,
+    pub(crate) refresh: RefreshPolicy,
+    pub(crate) write_qps: u32,
+    pub(crate) write_burst: u32,
 }
 
 impl PipelineConfig {
     /// Regions to fetch a token for: those of the configured registries, else the region.
-    pub fn regions(&self) -> Vec<String> {
+    pub(crate) fn regions(&self) -> Vec<String> {
         let mut regions: Vec<String> = if self.registries.is_empty() {
             self.region
                 .iter()
@@ -160,7 +160,7 @@ impl PipelineConfig {
 
     /// The region of STS (assume role): the region, else the first registry's, else us-east-1
     /// (ECR Public only). Each ECR client sets its own region.
-    pub fn sts_region(&self) -> String {
+    pub(crate) fn sts_region(&self) -> String {
         self.region
             .clone()
             .filter(|r| !r.is_empty())
@@ -169,7 +169,7 @@ impl PipelineConfig {
     }
 
     /// The registry hosts, comma-separated, for logs.
-    pub fn hosts(&self) -> String {
+    pub(crate) fn hosts(&self) -> String {
         self.registries
             .iter()
             .map(|r| r.host())

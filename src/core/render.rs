@@ -22,9 +22,9 @@ pub struct Rendered {
     /// sha256 of `config`: lets reconcile skip unchanged writes from metadata alone.
     pub fingerprint: String,
     /// Registry hosts in `config`, sorted.
-    pub hosts: Vec<String>,
+    pub(crate) hosts: Vec<String>,
     /// The earliest expiry among the tokens used.
-    pub expires_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
 }
 
 impl fmt::Debug for Rendered {
@@ -105,7 +105,7 @@ pub fn render(
 
 /// Checks what kubelet will read: at least one registry; every entry with user `AWS`, a
 /// non-empty password and `auth` = base64(`AWS:<password>`). Nothing else is ever written.
-pub fn validate(config: &[u8]) -> Result<(), RenderError> {
+pub(crate) fn validate(config: &[u8]) -> Result<(), RenderError> {
     let parsed: DockerConfig = serde_json::from_slice(config)
         .map_err(|_| RenderError::Invalid("not a docker config JSON object"))?;
     if parsed.auths.is_empty() {
@@ -133,7 +133,7 @@ pub fn validate(config: &[u8]) -> Result<(), RenderError> {
 }
 
 /// Hex sha256 of the rendered config. One-way: the annotation reveals nothing usable.
-pub fn fingerprint(config: &[u8]) -> String {
+pub(crate) fn fingerprint(config: &[u8]) -> String {
     let digest = Sha256::digest(config);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

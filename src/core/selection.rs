@@ -4,20 +4,25 @@
 //! `--exclude-namespaces`, a Kubernetes label selector from `--namespace-selector`, and a
 //! per-namespace opt-out annotation. Everything is validated up front in [`Selection::new`] so
 //! a typo fails at startup instead of silently selecting nothing (or everything).
+//!
+//! The label selector is kube's [`Selector`]; kube has no parser for the `kubectl -l` string
+//! form, so `parse_selector` is ours, with errors that say what to write instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use kube::core::{Expression, Selector, SelectorExt};
+
 use crate::core::names::is_dns_subdomain;
 
-pub use crate::core::meta::OPT_OUT_ANNOTATION;
+pub(crate) use crate::core::meta::OPT_OUT_ANNOTATION;
 
 /// What the user calls the three parts of a selection, so errors name what they wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fields {
-    pub include: &'static str,
-    pub exclude: &'static str,
-    pub selector: &'static str,
+    pub(crate) include: &'static str,
+    pub(crate) exclude: &'static str,
+    pub(crate) selector: &'static str,
 }
 
 /// The flags of `run` and `status`.
@@ -28,7 +33,7 @@ pub const FLAGS: Fields = Fields {
 };
 
 /// An EcrPullSecret's spec.
-pub const SPEC: Fields = Fields {
+pub(crate) const SPEC: Fields = Fields {
     include: "spec.namespaces.include",
     exclude: "spec.namespaces.exclude",
     selector: "spec.namespaces.selector",
@@ -45,8 +50,9 @@ const EXCLUDE_FLAG: &str = FLAGS.exclude;
 pub struct Selection {
     include: Vec<Glob>,
     exclude: Vec<Glob>,
-    /// All must match; empty selects everything.
-    selector: Vec<Requirement>,
+    /// All must match; empty selects everything. Expressions sorted by key (see
+    /// [`canonical`]).
+    selector: Selector,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -71,10 +77,16 @@ pub enum SelectionError {
         selector: String,
         problem: String,
     },
+    /// A selector built from its parts (an EcrPullSecret's `LabelSelector`), not parsed.
+    #[error("{field}: {problem}")]
+    InvalidSelectorExpression {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Selected,
     /// Being deleted: never written to, and nothing is removed either (namespace deletion does it).
     Terminating,
@@ -84,7 +96,7 @@ pub enum Decision {
 
 impl Decision {
     /// A short static label for logs and metrics: "selected", "terminating", or the reason.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Decision::Selected => "selected",
             Decision::Terminating => "terminating",
@@ -113,17 +125,37 @@ impl Selection {
                     problem,
                 })?
             }
-            _ => Vec::new(),
+            _ => Selector::default(),
         };
+        Selection::with_selector(fields, include, exclude, selector)
+    }
+
+    /// As [`Selection::new`], with a selector built elsewhere (from an EcrPullSecret's
+    /// `LabelSelector`): its keys and values are checked as the parser checks them.
+    pub(crate) fn with_selector(
+        fields: &Fields,
+        include: &[String],
+        exclude: &[String],
+        selector: Selector,
+    ) -> Result<Selection, SelectionError> {
+        let expressions: Vec<Expression> = selector.into_iter().collect();
+        for expression in &expressions {
+            check_expression(expression).map_err(|problem| {
+                SelectionError::InvalidSelectorExpression {
+                    field: fields.selector,
+                    problem,
+                }
+            })?;
+        }
         Ok(Selection {
             include: globs(fields.include, include)?,
             exclude: globs(fields.exclude, exclude)?,
-            selector,
+            selector: canonical(expressions),
         })
     }
 
     /// Whether namespace `name` should hold the secret, and if not, why.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
@@ -145,39 +177,59 @@ impl Selection {
         if !self.include.is_empty() && !self.include.iter().any(|g| g.matches(name)) {
             return Decision::NotSelected("not-included");
         }
-        if !self.selector.iter().all(|r| r.matches(labels)) {
+        if !self.selector.matches(labels) {
             return Decision::NotSelected("label-selector");
         }
         Decision::Selected
-    }
-
-    /// convenience used by existing code
-    pub fn selects(
-        &self,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-        annotations: &BTreeMap<String, String>,
-        terminating: bool,
-    ) -> bool {
-        matches!(
-            self.decide(name, labels, annotations, terminating),
-            Decision::Selected
-        )
     }
 
     /// The selector as a string usable in a server-side list/watch `labelSelector` (canonical form), or None if it selects everything.
     ///
     /// Canonical as in Kubernetes: requirements sorted by key, set values sorted and
     /// deduplicated, `==` written as `=`; so equal selectors give equal strings.
-    pub fn label_selector_string(&self) -> Option<String> {
-        if self.selector.is_empty() {
-            return None;
-        }
-        let mut requirements: Vec<&Requirement> = self.selector.iter().collect();
-        requirements.sort_by_key(|r| r.key()); // stable: same-key requirements keep their order
-        let parts: Vec<String> = requirements.iter().map(|r| r.to_string()).collect();
-        Some(parts.join(","))
+    pub(crate) fn label_selector_string(&self) -> Option<String> {
+        (!self.selector.selects_all()).then(|| self.selector.to_string())
     }
+}
+
+/// Expressions sorted by key, stably (same-key expressions keep their order): with kube's
+/// sorted set values and `==` already `Equal`, equal selectors then print the same string.
+fn canonical(mut expressions: Vec<Expression>) -> Selector {
+    expressions.sort_by(|a, b| key(a).cmp(key(b)));
+    expressions.into_iter().collect()
+}
+
+fn key(expression: &Expression) -> &str {
+    match expression {
+        Expression::Equal(k, _)
+        | Expression::NotEqual(k, _)
+        | Expression::In(k, _)
+        | Expression::NotIn(k, _)
+        | Expression::Exists(k)
+        | Expression::DoesNotExist(k) => k,
+    }
+}
+
+/// What the API server would refuse in an expression: a bad key or value, an empty set.
+fn check_expression(expression: &Expression) -> Result<(), String> {
+    label_key(key(expression))?;
+    match expression {
+        Expression::Equal(_, value) | Expression::NotEqual(_, value) => {
+            label_value(value)?;
+        }
+        Expression::In(k, values) | Expression::NotIn(k, values) => {
+            if values.is_empty() {
+                return Err(format!(
+                    "no values for key {k:?}: In and NotIn need at least one value"
+                ));
+            }
+            for value in values {
+                label_value(value)?;
+            }
+        }
+        Expression::Exists(_) | Expression::DoesNotExist(_) => {}
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,55 +310,6 @@ impl Glob {
 // ---------------------------------------------------------------------------------------------
 // Label selectors
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Requirement {
-    Equal(String, String),
-    NotEqual(String, String),
-    In(String, BTreeSet<String>),
-    NotIn(String, BTreeSet<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn key(&self) -> &str {
-        match self {
-            Requirement::Equal(k, _)
-            | Requirement::NotEqual(k, _)
-            | Requirement::In(k, _)
-            | Requirement::NotIn(k, _)
-            | Requirement::Exists(k)
-            | Requirement::DoesNotExist(k) => k,
-        }
-    }
-
-    /// Kubernetes semantics: `!=` and `notin` also match namespaces without the label.
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::Equal(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEqual(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
-            Requirement::NotIn(k, values) => !labels.get(k).is_some_and(|v| values.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-}
-
-impl fmt::Display for Requirement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |values: &BTreeSet<String>| values.iter().cloned().collect::<Vec<_>>().join(",");
-        match self {
-            Requirement::Equal(k, v) => write!(f, "{k}={v}"),
-            Requirement::NotEqual(k, v) => write!(f, "{k}!={v}"),
-            Requirement::In(k, values) => write!(f, "{k} in ({})", list(values)),
-            Requirement::NotIn(k, values) => write!(f, "{k} notin ({})", list(values)),
-            Requirement::Exists(k) => write!(f, "{k}"),
-            Requirement::DoesNotExist(k) => write!(f, "!{k}"),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token<'a> {
     /// A key or value: a run of anything but whitespace and `!=(),<>`.
@@ -378,7 +381,8 @@ fn tokenize(text: &str) -> Result<Vec<Token<'_>>, String> {
     Ok(tokens)
 }
 
-fn parse_selector(text: &str) -> Result<Vec<Requirement>, String> {
+/// A selector in `kubectl -l` syntax; kube has the model but no parser for this form.
+fn parse_selector(text: &str) -> Result<Selector, String> {
     let mut parser = Parser {
         tokens: tokenize(text)?,
         pos: 0,
@@ -390,7 +394,7 @@ fn parse_selector(text: &str) -> Result<Vec<Requirement>, String> {
             Token::Comma => requirements.push(requirement),
             Token::End => {
                 requirements.push(requirement);
-                return Ok(requirements);
+                return Ok(requirements.into_iter().collect());
             }
             other => {
                 return Err(format!(
@@ -420,11 +424,11 @@ impl<'a> Parser<'a> {
         token
     }
 
-    fn requirement(&mut self) -> Result<Requirement, String> {
+    fn requirement(&mut self) -> Result<Expression, String> {
         let key = match self.next() {
             Token::Not => {
                 return match self.next() {
-                    Token::Word(key) => Ok(Requirement::DoesNotExist(label_key(key)?)),
+                    Token::Word(key) => Ok(Expression::DoesNotExist(label_key(key)?)),
                     other => Err(format!("expected a label key after '!', found {other}")),
                 };
             }
@@ -435,26 +439,26 @@ impl<'a> Parser<'a> {
             other => return Err(format!("expected a label key or '!key', found {other}")),
         };
         match self.peek() {
-            Token::Comma | Token::End => Ok(Requirement::Exists(key)),
+            Token::Comma | Token::End => Ok(Expression::Exists(key)),
             Token::Eq | Token::DoubleEq => {
                 self.next();
                 let value = self.exact_value(&key)?;
-                Ok(Requirement::Equal(key, value))
+                Ok(Expression::Equal(key, value))
             }
             Token::NotEq => {
                 self.next();
                 let value = self.exact_value(&key)?;
-                Ok(Requirement::NotEqual(key, value))
+                Ok(Expression::NotEqual(key, value))
             }
             Token::In => {
                 self.next();
                 let values = self.set(&key, "in")?;
-                Ok(Requirement::In(key, values))
+                Ok(Expression::In(key, values))
             }
             Token::NotIn => {
                 self.next();
                 let values = self.set(&key, "notin")?;
-                Ok(Requirement::NotIn(key, values))
+                Ok(Expression::NotIn(key, values))
             }
             other => Err(format!(
                 "expected =, ==, !=, in, notin, ',' or the end after key {key:?}, found {other}"
@@ -623,7 +627,6 @@ mod tests {
                 expected,
                 "include={include:?} exclude={exclude:?} ns={ns}"
             );
-            assert_eq!(s.selects(ns, &empty, &empty, false), expected == Selected);
         }
     }
 
@@ -714,6 +717,38 @@ mod tests {
             }
         }
         assert_eq!(selection("", "", None).label_selector_string(), None);
+    }
+
+    /// A selector built from parts (an EcrPullSecret's) is held to what the parser accepts.
+    #[test]
+    fn built_selectors_are_checked_like_parsed_ones() {
+        let built = |expression: Expression| {
+            Selection::with_selector(&SPEC, &[], &[], expression.into()).map_err(|e| e.to_string())
+        };
+        let ok = built(Expression::In(
+            "env".into(),
+            ["b".into(), "a".into()].into(),
+        ))
+        .unwrap();
+        assert_eq!(ok, selection("", "", Some("env in (a,b)")));
+        for (expression, problem) in [
+            (
+                Expression::Exists("a b".into()),
+                "\"a b\" is not a valid label key",
+            ),
+            (
+                Expression::Equal("env".into(), "-prod".into()),
+                "\"-prod\" is not a valid label value",
+            ),
+            (
+                Expression::NotIn("env".into(), BTreeSet::new()),
+                "no values for key \"env\"",
+            ),
+        ] {
+            let error = built(expression).unwrap_err();
+            assert!(error.starts_with("spec.namespaces.selector: "), "{error}");
+            assert!(error.contains(problem), "{error}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum Targets {
 }
 
 impl Targets {
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         match self {
             Targets::Names(names) => names.contains(name),
             Targets::All => true,
@@ -62,7 +62,7 @@ impl FromStr for Targets {
 
 /// The list with our entry present or absent, or `None` when it already is as wanted. Order
 /// and every other entry are kept.
-pub fn with_entry(
+pub(crate) fn with_entry(
     list: Option<&[LocalObjectReference]>,
     secret: &str,
     present: bool,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 /// A duration exactly, in compact units that `--flag` parsing accepts back: `1d`, `1h30m`,
 /// `45s`, `1s500ms`, `0s`. Below a millisecond is dropped.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
     let parts = [
         (s / 86_400, "d"),
@@ -23,7 +23,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// A duration in its two largest units, truncated: `2d3h`, `11h58m`, `5m`, `42s`.
-pub fn span(d: Duration) -> String {
+pub(crate) fn span(d: Duration) -> String {
     let s = d.as_secs();
     let unit = if s >= 86_400 {
         3600
@@ -42,7 +42,7 @@ pub fn span(d: Duration) -> String {
 }
 
 /// `in 11h58m` or `5m ago`.
-pub fn relative(t: SystemTime, now: SystemTime) -> String {
+pub(crate) fn relative(t: SystemTime, now: SystemTime) -> String {
     match t.duration_since(now) {
         Ok(ahead) => format!("in {}", span(ahead)),
         Err(past) => format!("{} ago", span(past.duration())),
@@ -50,7 +50,7 @@ pub fn relative(t: SystemTime, now: SystemTime) -> String {
 }
 
 /// RFC 3339 in UTC with seconds, for annotations, status and logs.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -11,22 +11,22 @@ use crate::core::backoff::Exponential;
 use crate::core::registry::RegistryHost;
 
 /// Key of ECR Public's token in the token map (private tokens are keyed by region).
-pub const ECR_PUBLIC: &str = "ecr-public";
+pub(crate) const ECR_PUBLIC: &str = "ecr-public";
 /// The one registry host of ECR Public.
-pub const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
+pub(crate) const ECR_PUBLIC_HOST: &str = "public.ecr.aws";
 
 /// An ECR token for one identity (a region, or ECR Public). `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     /// The region for private ECR, [`ECR_PUBLIC`] for ECR Public.
-    pub identity: String,
+    pub(crate) identity: String,
     /// The registry this token is written under when no hosts are configured: the
     /// credentials' own account in the region (ECR's `proxyEndpoint`), or `public.ecr.aws`.
-    pub registry: String,
+    pub(crate) registry: String,
     /// base64 of `AWS:<password>`, as ECR returns it and as docker's `auth` field wants it.
     auth: String,
-    pub fetched_at: SystemTime,
-    pub expires_at: SystemTime,
+    pub(crate) fetched_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
 }
 
 impl fmt::Debug for Token {
@@ -82,7 +82,7 @@ impl Token {
     }
 
     /// An ECR Public token (always issued in us-east-1).
-    pub fn public(
+    pub(crate) fn public(
         authorization_token: &str,
         fetched_at: SystemTime,
         expires_at: SystemTime,
@@ -125,12 +125,12 @@ impl Token {
     }
 
     /// base64 of `AWS:<password>`.
-    pub fn auth(&self) -> &str {
+    pub(crate) fn auth(&self) -> &str {
         &self.auth
     }
 
     /// The password half of the token (what docker sends as the password).
-    pub fn password(&self) -> String {
+    pub(crate) fn password(&self) -> String {
         let decoded = STANDARD
             .decode(&self.auth)
             .expect("validated in Token::validated");
@@ -138,7 +138,7 @@ impl Token {
         decoded["AWS:".len()..].to_string()
     }
 
-    pub fn lifetime(&self) -> Duration {
+    pub(crate) fn lifetime(&self) -> Duration {
         self.expires_at
             .duration_since(self.fetched_at)
             .unwrap_or_default()
@@ -147,16 +147,16 @@ impl Token {
 
 /// When to refresh a token, relative to its expiry.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshPolicy {
+pub(crate) struct RefreshPolicy {
     /// Refresh at least this long before expiry.
-    pub margin: Duration,
+    pub(crate) margin: Duration,
     /// ... and at least this fraction of the token's lifetime before expiry.
-    pub fraction: f64,
+    pub(crate) fraction: f64,
     /// Refresh up to this fraction of the lead earlier, at random, so replicas and identities
     /// do not all call AWS in the same second.
-    pub jitter: f64,
+    pub(crate) jitter: f64,
     /// Refresh at most this long after the fetch, whatever the lifetime (`--max-refresh-interval`).
-    pub max_interval: Option<Duration>,
+    pub(crate) max_interval: Option<Duration>,
 }
 
 impl Default for RefreshPolicy {
@@ -174,7 +174,7 @@ impl RefreshPolicy {
     /// `expires_at - max(margin, lifetime * fraction)`, moved earlier by up to `jitter * lead`.
     /// `random` is in `[0, 1)`. A margin that would eat 90 % of the lifetime or more (short
     /// tokens, as in tests) is ignored rather than causing a refresh storm.
-    pub fn refresh_at(&self, token: &Token, random: f64) -> SystemTime {
+    pub(crate) fn refresh_at(&self, token: &Token, random: f64) -> SystemTime {
         let lifetime = token.lifetime();
         let by_fraction = lifetime.mul_f64(self.fraction);
         let mut lead = self.margin.max(by_fraction);
@@ -197,7 +197,7 @@ impl RefreshPolicy {
 
 /// How a failed fetch should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     /// Throttling, 5xx, timeouts, connection errors: retry soon with backoff.
     Transient,
     /// Credentials or permissions are wrong: retrying fast will not help; a human must act.
@@ -205,7 +205,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Transient => "transient",
             ErrorClass::Configuration => "configuration",
@@ -216,15 +216,18 @@ impl ErrorClass {
 /// A failed token fetch, classified, with advice that never contains secrets.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("GetAuthorizationToken in {region} failed ({}): {message}{}", class.as_str(), advice.map(|a| format!("; {a}")).unwrap_or_default())]
-pub struct FetchError {
-    pub region: String,
-    pub class: ErrorClass,
-    pub message: String,
-    pub advice: Option<&'static str>,
+pub(crate) struct FetchError {
+    pub(crate) region: String,
+    pub(crate) class: ErrorClass,
+    pub(crate) message: String,
+    pub(crate) advice: Option<&'static str>,
 }
 
 /// Classifies an AWS error from its error code and HTTP status.
-pub fn classify(code: Option<&str>, status: Option<u16>) -> (ErrorClass, Option<&'static str>) {
+pub(crate) fn classify(
+    code: Option<&str>,
+    status: Option<u16>,
+) -> (ErrorClass, Option<&'static str>) {
     match code {
         Some("AccessDeniedException" | "AccessDenied") => (
             ErrorClass::Configuration,
@@ -264,7 +267,7 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> (ErrorClass, Option<
 
 /// Classifies a failure that is not an AWS error response (credentials, DNS, connection) from
 /// its error chain: the SDK reports these as opaque dispatch or construction failures.
-pub fn classify_failure(chain: &str) -> (ErrorClass, Option<&'static str>) {
+pub(crate) fn classify_failure(chain: &str) -> (ErrorClass, Option<&'static str>) {
     let lower = chain.to_ascii_lowercase();
     if lower.contains("assumerole")
         || lower.contains("assume role")
@@ -327,15 +330,15 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Where tokens come from: ECR in production, a scripted source in tests.
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    pub configuration_initial: Duration,
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) configuration_initial: Duration,
     /// Before expiry, one attempt lands between this long and half this long before it.
-    pub expiry_lead: Duration,
+    pub(crate) expiry_lead: Duration,
     /// Ceiling of the delay within `expiry_lead` of expiry, after it, or without a token; the
     /// delay is a random point in its upper half, like every backoff delay.
-    pub urgent_max: Duration,
+    pub(crate) urgent_max: Duration,
 }
 
 impl Default for Backoff {
@@ -352,7 +355,7 @@ impl Default for Backoff {
 
 /// Why a retry delay was chosen: the log line says which rule decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryRule {
+pub(crate) enum RetryRule {
     /// Plain exponential backoff; the last good token outlives it comfortably.
     Backoff,
     /// Shortened so that an attempt lands shortly before the last good token expires.
@@ -366,7 +369,7 @@ pub enum RetryRule {
 }
 
 impl RetryRule {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryRule::Backoff => "backoff",
             RetryRule::BeforeExpiry => "before_expiry",
@@ -397,7 +400,7 @@ impl Backoff {
     /// `random` is in `[0, 1)`. Guarantees: `now + delay <= max(now, last_good_expiry) +
     /// urgent_max`; more than `expiry_lead` before expiry, `now + delay <= expiry -
     /// expiry_lead / 2`; never longer than the plain backoff, nor shorter than `initial / 2`.
-    pub fn next_retry(
+    pub(crate) fn next_retry(
         &self,
         class: ErrorClass,
         attempt: u32,
@@ -436,7 +439,12 @@ impl Backoff {
 pub(crate) mod tests {
     use super::*;
 
-    pub fn token_at(region: &str, password: &str, fetched_at: SystemTime, ttl: Duration) -> Token {
+    pub(crate) fn token_at(
+        region: &str,
+        password: &str,
+        fetched_at: SystemTime,
+        ttl: Duration,
+    ) -> Token {
         Token::private(
             region,
             &STANDARD.encode(format!("AWS:{password}")),
@@ -447,7 +455,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    pub fn t0() -> SystemTime {
+    pub(crate) fn t0() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 

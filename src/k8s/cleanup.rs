@@ -11,13 +11,13 @@ use crate::k8s::service_account;
 
 /// What cleanup found (and, unless dry-run, removed).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub secrets: Vec<String>,
-    pub service_accounts: Vec<String>,
+pub(crate) struct Report {
+    pub(crate) secrets: Vec<String>,
+    pub(crate) service_accounts: Vec<String>,
 }
 
 /// EcrPullSecret's owner label. Without `owner` every managed Secret of that name goes.
-pub async fn remove(
+pub(crate) async fn remove(
     client: &Client,
     secret_name: &str,
     owner: Option<&str>,

@@ -45,7 +45,13 @@ impl Events {
     }
 
     /// A warning on the namespace. Publishing failures are logged, never fatal.
-    pub async fn warn(&self, namespace: &str, reason: &'static str, action: &str, note: String) {
+    pub(crate) async fn warn(
+        &self,
+        namespace: &str,
+        reason: &'static str,
+        action: &str,
+        note: String,
+    ) {
         if !self.due(namespace, reason, Instant::now()) {
             return;
         }
@@ -69,7 +75,6 @@ impl Events {
         }
     }
 
-    /// Forget a namespace's history (it left the selection or was fixed).
     /// An Event on `regarding` (a controller-level object such as the Lease): Warning or
     /// Normal, with the reason and note of a status condition.
     pub async fn report(
@@ -95,7 +100,8 @@ impl Events {
         }
     }
 
-    pub fn clear(&self, namespace: &str) {
+    /// Forget a namespace's history (it left the selection or was fixed).
+    pub(crate) fn clear(&self, namespace: &str) {
         self.recent
             .lock()
             .expect("events lock")

@@ -62,7 +62,7 @@ impl Fence {
     }
 
     /// Ok while the lease is ours and fresh; call it immediately before sending a write.
-    pub fn check(&self) -> Result<(), crate::Error> {
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
         let Some(state) = &self.0 else { return Ok(()) };
         let renewed = *state.renewed.lock().expect("fence lock");
         match renewed {
@@ -81,18 +81,18 @@ impl Fence {
 
 /// Election settings.
 #[derive(Debug, Clone)]
-pub struct LeaseConfig {
-    pub namespace: String,
-    pub name: String,
-    pub identity: String,
-    pub lease_duration: Duration,
-    pub renew_deadline: Duration,
-    pub retry_period: Duration,
+pub(crate) struct LeaseConfig {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) identity: String,
+    pub(crate) lease_duration: Duration,
+    pub(crate) renew_deadline: Duration,
+    pub(crate) retry_period: Duration,
 }
 
 /// What to do with the Lease as read.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub(crate) enum Step {
     /// No Lease yet: create it holding it.
     Create(LeaseSpec),
     /// Replace the Lease (renew ours, or take over a released or expired one).
@@ -108,7 +108,7 @@ fn holder(spec: Option<&LeaseSpec>) -> Option<&str> {
 
 /// The next step for `identity`, given the Lease as read and whether it has expired by our
 /// monotonic clock. Pure, so the protocol is tested with fixed timestamps.
-pub fn next_step(
+pub(crate) fn next_step(
     current: Option<&LeaseSpec>,
     identity: &str,
     expired: bool,
@@ -145,7 +145,7 @@ fn whole_seconds(duration: Duration) -> i32 {
 }
 
 /// The spec that hands the lease over at once: no holder, a 1 s duration.
-pub fn released(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+pub(crate) fn released(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     LeaseSpec {
         holder_identity: None,
         renew_time: Some(MicroTime(now)),
@@ -163,7 +163,7 @@ struct Observed {
     at: Instant,
 }
 
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<Observed>,
@@ -171,7 +171,7 @@ pub struct Elector {
 
 /// The result of one try.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// We hold the lease (acquired or renewed).
     Held,
     /// Someone else does.
@@ -187,7 +187,7 @@ impl Elector {
         }
     }
 
-    pub fn config(&self) -> &LeaseConfig {
+    pub(crate) fn config(&self) -> &LeaseConfig {
         &self.config
     }
 
@@ -213,7 +213,7 @@ impl Elector {
     }
 
     /// Reads the Lease and acquires or renews it if we may.
-    pub async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
+    pub(crate) async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
         let now = Instant::now();
         let lease = self.api.get_opt(&self.config.name).await?;
         let spec = lease.as_ref().and_then(|l| l.spec.as_ref());
@@ -290,7 +290,7 @@ impl Elector {
     }
 
     /// Hands the lease over (on graceful shutdown), if we still hold it.
-    pub async fn release(&self) -> Result<(), kube::Error> {
+    pub(crate) async fn release(&self) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             return Ok(());
         };
@@ -340,7 +340,7 @@ fn clear_lease_problem(health: &crate::telemetry::health::Health) {
 /// Runs the election until dropped, publishing leadership on `leading`. A leader that has not
 /// renewed for the renew deadline publishes `false` and stops: the caller drops the leader's
 /// work and exits.
-pub async fn run(
+pub(crate) async fn run(
     mut elector: Elector,
     leading: watch::Sender<bool>,
     fence: Fence,

@@ -2,10 +2,10 @@
 //! Events, ServiceAccount entries, and removing what we wrote. Named `k8s` so that `kube`
 //! always means the kube-rs crate.
 
-pub mod cleanup;
-pub mod client;
+pub(crate) mod cleanup;
+pub(crate) mod client;
 pub mod events;
 pub mod leader;
 pub mod namespaces;
 pub mod secret_cache;
-pub mod service_account;
+pub(crate) mod service_account;

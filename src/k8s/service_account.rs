@@ -14,13 +14,13 @@ use serde_json::json;
 use crate::Error;
 use crate::core::meta::FIELD_MANAGER;
 
-pub use crate::core::service_accounts::with_entry;
+pub(crate) use crate::core::service_accounts::with_entry;
 
 /// How many times a 409 (someone else wrote in between) is retried at once.
 const CONFLICT_RETRIES: usize = 5;
 
 /// Makes `sa` (as last read) carry our entry or not. Returns whether it wrote.
-pub async fn set_entry(
+pub(crate) async fn set_entry(
     client: &Client,
     sa: ServiceAccount,
     secret: &str,

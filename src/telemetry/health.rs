@@ -5,13 +5,13 @@ use std::sync::atomic::AtomicBool;
 
 /// What the probes report.
 #[derive(Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// Configuration valid and the API server answered once.
-    pub started: AtomicBool,
+    pub(crate) started: AtomicBool,
     /// SIGTERM received: take this replica out of rotation.
-    pub shutting_down: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
     /// Why this replica cannot even contend for the Lease (refused, or its namespace gone): a
     /// configuration problem a human must fix, so not ready until it clears. Transient
     /// failures (an unreachable API server) never set it.
-    pub lease_problem: Mutex<Option<String>>,
+    pub(crate) lease_problem: Mutex<Option<String>>,
 }

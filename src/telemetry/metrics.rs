@@ -12,58 +12,58 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IdentityLabels {
+pub(crate) struct IdentityLabels {
     /// The region, or `ecr-public`.
-    pub identity: String,
+    pub(crate) identity: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AwsCallLabels {
-    pub identity: String,
+pub(crate) struct AwsCallLabels {
+    pub(crate) identity: String,
     /// `ok`, `transient` or `configuration`.
-    pub outcome: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WriteLabels {
+pub(crate) struct WriteLabels {
     /// `apply`, `delete` or `service_account`.
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
-    pub identity: String,
+pub(crate) struct FailureLabels {
+    pub(crate) identity: String,
     /// `transient` (retried with backoff) or `configuration` (a human must act).
-    pub class: String,
+    pub(crate) class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     /// `written`, `up_to_date`, `removed`, `not_selected`, `conflict`, `pending`, `expired` or `error`.
-    pub outcome: String,
+    pub(crate) outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabels {
+pub(crate) struct ResourceLabels {
     /// The EcrPullSecret's name.
-    pub resource: String,
+    pub(crate) resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     /// `forbidden`, `unavailable` or `invalid`.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    pub version: String,
+pub(crate) struct BuildLabels {
+    pub(crate) version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
+pub(crate) struct StateLabels {
     /// `synced`, `failed`, `excluded`, `conflict`, `pending` (no token yet) or `expired` (the token written has expired).
-    pub state: String,
+    pub(crate) state: String,
 }
 
 /// The metrics of one configuration: the flag-configured one, or one EcrPullSecret
@@ -92,17 +92,17 @@ pub struct Metrics {
 pub struct Problem {
     pub reason: &'static str,
     pub message: String,
-    pub at: std::time::SystemTime,
+    pub(crate) at: std::time::SystemTime,
 }
 
 /// The latest token fetch outcome of one identity.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TokenHealth {
-    pub expires_at: Option<std::time::SystemTime>,
-    pub last_refresh: Option<std::time::SystemTime>,
-    pub consecutive_failures: u32,
+pub(crate) struct TokenHealth {
+    pub(crate) expires_at: Option<std::time::SystemTime>,
+    pub(crate) last_refresh: Option<std::time::SystemTime>,
+    pub(crate) consecutive_failures: u32,
     /// The last error, while the latest fetch failed (AWS's message; never a credential).
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 struct Families {
@@ -288,7 +288,7 @@ impl Metrics {
     }
 
     /// Records a problem (reason is a condition reason such as `Forbidden`).
-    pub fn problem(&self, reason: &'static str, message: String) {
+    pub(crate) fn problem(&self, reason: &'static str, message: String) {
         self.problem.lock().expect("problem lock").0 = Some(Problem {
             reason,
             message,
@@ -308,7 +308,7 @@ impl Metrics {
     }
 
     /// Sets (reason, message) or clears the credentials Secret's problem.
-    pub fn credentials_problem(&self, problem: Option<(&'static str, String)>) {
+    pub(crate) fn credentials_problem(&self, problem: Option<(&'static str, String)>) {
         let mut current = self.credentials.lock().expect("credentials lock");
         let same = match (&*current, &problem) {
             (Some(c), Some((reason, message))) => c.reason == *reason && &c.message == message,
@@ -343,7 +343,7 @@ impl Metrics {
     }
 
     /// The metrics of EcrPullSecret `name`: the same registry, its own bookkeeping.
-    pub fn for_resource(&self, name: &str) -> Metrics {
+    pub(crate) fn for_resource(&self, name: &str) -> Metrics {
         Metrics::scoped(self.families.clone(), Some(name.to_string()))
     }
 
@@ -356,12 +356,12 @@ impl Metrics {
     }
 
     /// Token health per identity, for the resource's status.
-    pub fn token_health(&self) -> BTreeMap<String, TokenHealth> {
+    pub(crate) fn token_health(&self) -> BTreeMap<String, TokenHealth> {
         self.tokens.lock().expect("tokens lock").clone()
     }
 
     /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`, `expired`).
-    pub fn state_counts(&self) -> BTreeMap<&'static str, u32> {
+    pub(crate) fn state_counts(&self) -> BTreeMap<&'static str, u32> {
         let mut counts = BTreeMap::new();
         for state in self.states.lock().expect("states lock").values() {
             *counts.entry(*state).or_insert(0) += 1;
@@ -371,7 +371,7 @@ impl Metrics {
 
     /// Takes this configuration's namespaces out of the gauges and drops its token series:
     /// called when a resource is deleted or restarted with a new spec.
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         let states: Vec<String> = self
             .states
             .lock()
@@ -425,7 +425,7 @@ impl Metrics {
         self.families.leadership_transitions.inc();
     }
 
-    pub fn leadership_lost(&self) {
+    pub(crate) fn leadership_lost(&self) {
         self.families.leader.set(0);
         self.families.leadership_transitions.inc();
     }
@@ -502,7 +502,7 @@ impl Metrics {
     }
 
     /// A worker took namespace `name`.
-    pub fn dequeued(&self, name: &str) {
+    pub(crate) fn dequeued(&self, name: &str) {
         if self.queued.lock().expect("queued lock").remove(name) {
             self.families.queue_depth.dec();
         }
