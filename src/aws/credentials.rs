@@ -17,6 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use crate::core::api_failure::ApiFailure;
 use crate::core::pipeline::AssumeRole;
 use crate::telemetry::metrics::Metrics;
 
@@ -195,29 +196,22 @@ pub(crate) async fn load_from_secret(
     name: &str,
 ) -> Result<Credentials, CredentialsError> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    let secret = match api.get(name).await {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    let secret = match api.get(&name).await {
         Ok(secret) => secret,
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            return Err(CredentialsError::NotFound {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            });
-        }
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Err(CredentialsError::Forbidden {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-            });
-        }
         Err(e) => {
-            return Err(CredentialsError::Api {
-                namespace: namespace.to_string(),
-                name: name.to_string(),
-                message: e.to_string(),
+            return Err(match ApiFailure::of(&e) {
+                ApiFailure::NotFound => CredentialsError::NotFound { namespace, name },
+                ApiFailure::Forbidden => CredentialsError::Forbidden { namespace, name },
+                _ => CredentialsError::Api {
+                    namespace,
+                    name,
+                    message: e.to_string(),
+                },
             });
         }
     };
-    from_secret_data(namespace, name, &secret.data.unwrap_or_default())
+    from_secret_data(&namespace, &name, &secret.data.unwrap_or_default())
 }
 
 /// Static keys from a Secret, replaced in place when the Secret changes. Never cached by the

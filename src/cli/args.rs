@@ -286,14 +286,8 @@ pub struct RunArgs {
     #[arg(long, env = "ECR_PULL_SECRETS_CREDENTIALS_SECRET", value_parser = parse_secret_name)]
     pub(crate) credentials_secret: Option<String>,
 
-    // --namespace, --lease-name, --lease-namespace and --api-timeout are `LeaseArgs` and
-    // `ClientArgs` (the groups `status` takes) written out again, only until cli/run.rs reads
-    // them as `args.lease.*` and `args.client.api_timeout`; `run_spells_out_the_shared_groups`
-    // keeps the copies equal.
-    /// The controller's own namespace: its credentials Secret, and its Lease by default.
-    /// Default: the pod's namespace (POD_NAMESPACE), else the kubeconfig's namespace.
-    #[arg(long, env = "POD_NAMESPACE", value_parser = parse_namespace)]
-    pub(crate) namespace: Option<String>,
+    #[command(flatten)]
+    pub(crate) lease: LeaseArgs,
 
     /// Also write credentials for ECR Public (public.ecr.aws; token from us-east-1). Needs
     /// ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken.
@@ -341,9 +335,8 @@ pub struct RunArgs {
     #[arg(long, env = "ECR_PULL_SECRETS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub(crate) concurrency: u16,
 
-    /// Timeout of each Kubernetes API call.
-    #[arg(long, env = "ECR_PULL_SECRETS_API_TIMEOUT", default_value = "10s", value_parser = parse_api_timeout)]
-    pub(crate) api_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 
     /// Address of the admin listener (/healthz, /readyz, /metrics). Port 0 picks a free port
     /// (logged at start).
@@ -358,14 +351,6 @@ pub struct RunArgs {
     /// random suffix.
     #[arg(long, env = "POD_NAME", value_parser = parse_identity)]
     pub(crate) identity: Option<String>,
-
-    /// Name of the Lease the controller's replicas contend for (in --lease-namespace).
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAME", default_value = "ecr-pull-secrets", value_parser = parse_secret_name)]
-    pub(crate) lease_name: String,
-
-    /// Namespace of the Lease. Default: --namespace (POD_NAMESPACE), else the kubeconfig's.
-    #[arg(long, env = "ECR_PULL_SECRETS_LEASE_NAMESPACE", value_parser = parse_namespace)]
-    pub(crate) lease_namespace: Option<String>,
 
     /// How long a lease is valid without renewal; another replica takes over after it.
     #[arg(long, env = "ECR_PULL_SECRETS_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
@@ -774,34 +759,6 @@ mod tests {
         assert_eq!(run.as_pipeline().unwrap().regions(), ["eu-west-1"]);
     }
 
-    /// The flags `run` still spells out (see `RunArgs::namespace`) are those of the groups
-    /// `status` takes: same help, environment variable and default.
-    #[test]
-    fn run_spells_out_the_shared_groups() {
-        use clap::CommandFactory;
-        let cli = Cli::command();
-        let flag = |sub: &str, long: &str| {
-            let arg = cli
-                .find_subcommand(sub)
-                .unwrap()
-                .get_arguments()
-                .find(|a| a.get_long() == Some(long))
-                .unwrap_or_else(|| panic!("{sub} --{long}"));
-            let env = arg.get_env().map(|e| e.to_string_lossy().to_string());
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|d| d.to_string_lossy().to_string())
-                .collect();
-            let help = arg.get_help().map(ToString::to_string);
-            (env, defaults, help)
-        };
-        for long in ["namespace", "lease-name", "lease-namespace", "api-timeout"] {
-            assert_eq!(flag("run", long), flag("status", long), "--{long}");
-        }
-        assert_eq!(flag("run", "api-timeout"), flag("cleanup", "api-timeout"));
-    }
-
     #[test]
     fn status_parses_the_shared_groups() {
         let cli = Cli::try_parse_from([
@@ -937,7 +894,7 @@ mod tests {
         let now = tokio::time::Instant::now();
         let wall = std::time::SystemTime::now();
         for d in [
-            run.api_timeout + Duration::from_secs(1),
+            run.client.api_timeout + Duration::from_secs(1),
             run.lease_duration,
             run.renew_deadline,
             run.retry_period,

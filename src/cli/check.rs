@@ -292,7 +292,11 @@ pub(crate) fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<P
     for verb in ["create", "patch"] {
         needed.push(cluster(verb, "events.k8s.io", "events", None));
     }
-    let lease_namespace = args.lease_namespace.as_deref().unwrap_or(own_namespace);
+    let lease_namespace = args
+        .lease
+        .lease_namespace
+        .as_deref()
+        .unwrap_or(own_namespace);
     needed.push(local(
         "create",
         "coordination.k8s.io",
@@ -306,7 +310,7 @@ pub(crate) fn required_permissions(args: &RunArgs, own_namespace: &str) -> Vec<P
             "coordination.k8s.io",
             "leases",
             lease_namespace,
-            Some(&args.lease_name),
+            Some(&args.lease.lease_name),
         ));
     }
     if let Some(name) = &args.credentials_secret {
@@ -525,7 +529,9 @@ pub async fn check(args: &CheckArgs) -> bool {
 
 /// `future` bounded by --api-timeout.
 async fn bounded<T>(args: &RunArgs, future: impl Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(args.api_timeout, future).await.ok()
+    tokio::time::timeout(args.client.api_timeout, future)
+        .await
+        .ok()
 }
 
 /// Every check, in order. Never an error: a problem is a failed check with its fix.
@@ -633,7 +639,7 @@ async fn kubernetes(args: &RunArgs, report: &mut Report) -> Option<(Client, Opti
                 "kubernetes",
                 format!(
                     "API server {url} did not answer within {:?} (--api-timeout)",
-                    args.api_timeout
+                    args.client.api_timeout
                 ),
                 KUBE_FIX,
             ));
@@ -672,7 +678,10 @@ async fn resources(
     let api: Api<crate::core::crd::EcrPullSecret> = Api::all(client.clone());
     let list = match bounded(args, api.list(&Default::default())).await {
         Some(Ok(list)) => list,
-        Some(Err(kube::Error::Api(status))) if status.code == 404 => {
+        Some(Err(error))
+            if crate::core::api_failure::ApiFailure::of(&error)
+                == crate::core::api_failure::ApiFailure::NotFound =>
+        {
             report.checks.push(Check::fail(
                 "resources",
                 "the EcrPullSecret CRD is not installed",
@@ -693,7 +702,7 @@ async fn resources(
                 "resources",
                 format!(
                     "listing EcrPullSecrets took longer than {:?}",
-                    args.api_timeout
+                    args.client.api_timeout
                 ),
                 KUBE_FIX,
             ));
@@ -783,7 +792,7 @@ async fn permissions(
                 format!(
                     "{}: the access review did not answer within {:?} (--api-timeout)",
                     permission.describe(),
-                    args.api_timeout
+                    args.client.api_timeout
                 ),
                 KUBE_FIX,
             ),
@@ -846,7 +855,7 @@ async fn credentials_secret(
                 "credentials",
                 format!(
                     "reading Secret {namespace}/{name} did not finish within {:?} (--api-timeout)",
-                    args.api_timeout
+                    args.client.api_timeout
                 ),
                 KUBE_FIX,
             ));
@@ -961,7 +970,7 @@ async fn fetch(args: &RunArgs, source: &impl TokenSource) -> Result<Token, Fetch
                 class: ErrorClass::Transient,
                 message: format!(
                     "no answer within {:?} (--api-timeout)",
-                    args.api_timeout
+                    args.client.api_timeout
                 ),
                 advice: Some(
                     "check network access to the ECR endpoint of this region (and to STS with --role-arn)",

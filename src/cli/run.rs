@@ -15,8 +15,9 @@ use crate::cli::args::RunArgs;
 use crate::controller::AbortOnDrop;
 use crate::controller::admin::{self, AdminState};
 use crate::controller::pipeline::Env;
+use crate::core::api_failure::ApiFailure;
 use crate::core::pipeline::PipelineConfig;
-use crate::k8s::client::connect;
+use crate::k8s::client::{api_message, call, connect};
 use crate::k8s::leader::{self, Elector, Fence, LeaseConfig};
 use crate::k8s::namespaces::Namespaces;
 use crate::telemetry::health::Health;
@@ -45,7 +46,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     };
     drop(election);
     if result.is_ok() {
-        hand_over(client, lease, args.api_timeout).await;
+        hand_over(client, lease, args.client.api_timeout).await;
         tokio::time::sleep(args.shutdown_delay).await;
     }
     drop((admin, signals));
@@ -100,7 +101,7 @@ async fn start(args: &RunArgs, health: &Health) -> Result<Client, Error> {
 fn lease_config(client: &Client, args: &RunArgs) -> LeaseConfig {
     LeaseConfig {
         namespace: lease_namespace(client, args),
-        name: args.lease_name.clone(),
+        name: args.lease.lease_name.clone(),
         identity: args.identity.clone().unwrap_or_else(default_identity),
         lease_duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
@@ -176,11 +177,10 @@ async fn lead(
         let metrics = metrics.clone();
         move |error| {
             tracing::warn!(error = %error, "namespace watch failed; retrying with backoff");
-            let text = error.to_string();
-            if text.contains("forbidden") {
+            if ApiFailure::of_watch(error) == ApiFailure::Forbidden {
                 metrics.problem(
                     "Forbidden",
-                    format!("the namespace watch was refused: {text}; bind the controller's ServiceAccount to the shipped ClusterRole (docs/security.md)"),
+                    format!("the namespace watch was refused: {error}; bind the controller's ServiceAccount to the shipped ClusterRole (docs/security.md)"),
                 );
             }
         }
@@ -190,7 +190,7 @@ async fn lead(
         client: client.clone(),
         metrics,
         fence,
-        api_timeout: args.api_timeout,
+        api_timeout: args.client.api_timeout,
         concurrency: args.concurrency,
         namespace: own_namespace(client, args),
         identity: args.identity.clone(),
@@ -231,7 +231,8 @@ async fn hand_over(client: Client, lease: LeaseConfig, api_timeout: std::time::D
 }
 
 pub(crate) fn own_namespace(client: &Client, args: &RunArgs) -> String {
-    args.namespace
+    args.lease
+        .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string())
 }
@@ -247,47 +248,65 @@ fn default_identity() -> String {
 /// One cheap list, so a missing RBAC rule or an unreachable API server stops us at start with
 /// a message instead of an endless retry loop.
 async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
+    const UNREACHABLE: &str =
+        "; check KUBECONFIG or the in-cluster configuration, and connectivity";
+    let timeout = args.client.api_timeout;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let params = ListParams::default().limit(1);
-    match tokio::time::timeout(args.api_timeout, namespaces.list_metadata(&params)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
-            "not allowed to list namespaces ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
-            status.message
-        ))),
-        Ok(Err(source)) => Err(Error::Kube {
-            context: "cannot reach the Kubernetes API server (check KUBECONFIG or the in-cluster configuration)".into(),
+    let listed = call(
+        || "listing namespaces".into(),
+        timeout,
+        UNREACHABLE,
+        namespaces.list_metadata(&params),
+    )
+    .await;
+    match listed {
+        Err(Error::Kube {
+            failure: ApiFailure::Forbidden,
             source,
-        }),
-        Err(_) => Err(Error::Timeout(format!(
-            "the Kubernetes API server did not answer a namespace list within {:?}; check KUBECONFIG and connectivity",
-            args.api_timeout
-        ))),
-    }?;
+            ..
+        }) => {
+            return Err(Error::Config(format!(
+                "not allowed to list namespaces ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+                api_message(&source)
+            )));
+        }
+        Err(Error::Kube { source, .. }) => {
+            return Err(Error::kube(
+                "cannot reach the Kubernetes API server (check KUBECONFIG or the in-cluster configuration)",
+                source,
+            ));
+        }
+        other => other?,
+    };
     lease_namespace_exists(client, args).await?;
     if !args.resources {
         return Ok(());
     }
     let resources: Api<crate::core::crd::EcrPullSecret> = Api::all(client.clone());
-    match tokio::time::timeout(args.api_timeout, resources.list_metadata(&params)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Err(Error::Config(
+    let listed = call(
+        || "listing EcrPullSecrets".into(),
+        timeout,
+        UNREACHABLE,
+        resources.list_metadata(&params),
+    )
+    .await;
+    match listed {
+        Ok(_) => Ok(()),
+        Err(e) if e.api_failure() == Some(ApiFailure::NotFound) => Err(Error::Config(
             "--resources: the EcrPullSecret CRD is not installed; install it with `make install` or \
              `kubectl apply -f deploy/crd/ecrpullsecrets.yaml`"
                 .into(),
         )),
-        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
-            "--resources: not allowed to list ecrpullsecrets ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
-            status.message
-        ))),
-        Ok(Err(source)) => Err(Error::Kube {
-            context: "listing EcrPullSecrets".into(),
+        Err(Error::Kube {
+            failure: ApiFailure::Forbidden,
             source,
-        }),
-        Err(_) => Err(Error::Timeout(format!(
-            "the Kubernetes API server did not answer an EcrPullSecret list within {:?}",
-            args.api_timeout
+            ..
+        }) => Err(Error::Config(format!(
+            "--resources: not allowed to list ecrpullsecrets ({}); bind the controller's ServiceAccount to the shipped ClusterRole",
+            api_message(&source)
         ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -296,25 +315,25 @@ async fn preflight(client: &Client, args: &RunArgs) -> Result<(), Error> {
 async fn lease_namespace_exists(client: &Client, args: &RunArgs) -> Result<(), Error> {
     let namespace = lease_namespace(client, args);
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    match tokio::time::timeout(args.api_timeout, namespaces.get_metadata_opt(&namespace)).await {
-        Ok(Ok(Some(_))) => Ok(()),
-        Ok(Ok(None)) => Err(Error::Config(format!(
+    let found = call(
+        || format!("reading namespace {namespace} (the Lease's)"),
+        args.client.api_timeout,
+        "",
+        namespaces.get_metadata_opt(&namespace),
+    )
+    .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Error::Config(format!(
             "the Lease's namespace {namespace:?} does not exist; create it, or set --lease-namespace \
              (ECR_PULL_SECRETS_LEASE_NAMESPACE) or --namespace (POD_NAMESPACE) to the controller's own namespace"
-        ))),
-        Ok(Err(source)) => Err(Error::Kube {
-            context: format!("reading namespace {namespace} (the Lease's)"),
-            source,
-        }),
-        Err(_) => Err(Error::Timeout(format!(
-            "the Kubernetes API server did not answer within {:?} (reading namespace {namespace})",
-            args.api_timeout
         ))),
     }
 }
 
 pub(crate) fn lease_namespace(client: &Client, args: &RunArgs) -> String {
-    args.lease_namespace
+    args.lease
+        .lease_namespace
         .clone()
         .unwrap_or_else(|| own_namespace(client, args))
 }

@@ -21,6 +21,7 @@ use serde::{Serialize, Serializer};
 
 use crate::Error;
 use crate::cli::args::{OutputFormat, StatusArgs};
+use crate::core::api_failure::ApiFailure;
 use crate::core::meta::{
     EXPIRES_ANNOTATION, FIELD_MANAGER, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
     REGISTRIES_ANNOTATION, edited_by_someone_else, ours,
@@ -28,6 +29,7 @@ use crate::core::meta::{
 use crate::core::selection::{Decision, Selection};
 use crate::core::service_accounts::Targets;
 use crate::core::time::{relative, rfc3339, span};
+use crate::k8s::client::{api_message, call};
 
 /// Exit code when the report is complete but some selected namespace is not in sync.
 pub(crate) const EXIT_NOT_SYNCED: u8 = 3;
@@ -731,25 +733,26 @@ async fn bounded<T>(
     timeout: Duration,
     what: &str,
     permission: &str,
-    call: impl Future<Output = Result<T, kube::Error>>,
+    request: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(Error::Config(format!(
+    const HINT: &str = "; check KUBECONFIG and connectivity, or raise --api-timeout";
+    match call(|| what.to_string(), timeout, HINT, request).await {
+        Err(Error::Kube {
+            failure: ApiFailure::Forbidden,
+            source,
+            ..
+        }) => Err(Error::Config(format!(
             "not allowed to {what} ({}); status needs {permission}",
-            status.message
+            api_message(&source)
         ))),
-        Ok(Err(source)) => Err(Error::Kube {
-            context: format!(
+        Err(Error::Kube { source, .. }) => Err(Error::kube(
+            format!(
                 "cannot {what} (check KUBECONFIG or the in-cluster configuration, and that the \
                  API server is reachable)"
             ),
             source,
-        }),
-        Err(_) => Err(Error::Timeout(format!(
-            "{what}: no answer within {timeout:?} (--api-timeout); check KUBECONFIG and \
-             connectivity, or raise --api-timeout"
-        ))),
+        )),
+        other => other,
     }
 }
 
@@ -1569,7 +1572,7 @@ SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a ru
         let pending = server.next_request().await;
         let err = reads.await.unwrap().unwrap_err();
         drop(pending);
-        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("--api-timeout"), "{err}");
     }
 }

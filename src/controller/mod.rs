@@ -2,9 +2,9 @@
 //! (`reconcile`), the supervisor of EcrPullSecrets (`supervisor`), and the admin listener.
 
 pub(crate) mod admin;
-pub(crate) mod pipeline;
+pub mod pipeline;
 pub mod reconcile;
-pub(crate) mod supervisor;
+pub mod supervisor;
 
 /// Aborts a spawned task when dropped, so nothing outlives the scope that started it.
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);

@@ -21,6 +21,7 @@ use crate::Error;
 use crate::aws::ecr::{self, EcrPublicTokenSource, EcrTokenSource};
 use crate::controller::AbortOnDrop;
 use crate::controller::reconcile::{self, Context, WriteLimiter, WrittenLog};
+use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::{Exponential, Gate};
 use crate::core::pipeline::PipelineConfig;
 use crate::core::registry::RegistryHost;
@@ -394,11 +395,12 @@ fn run_controller(
                     // Watch failures (RBAC, connectivity) would otherwise go unseen; they are retried.
                     Err(error) => {
                         tracing::warn!(error = %error, "controller watch or queue error; retrying");
-                        let text = error.to_string();
-                        if text.contains("forbidden") {
+                        if let ControllerError::QueueError(watch) = &error
+                            && ApiFailure::of_watch(watch) == ApiFailure::Forbidden
+                        {
                             metrics.problem(
                                 "Forbidden",
-                                format!("a watch was refused: {text}; grant the controller's ServiceAccount the rights in docs/security.md (each secretName must be in the secrets resourceNames)"),
+                                format!("a watch was refused: {error}; grant the controller's ServiceAccount the rights in docs/security.md (each secretName must be in the secrets resourceNames)"),
                             );
                         }
                     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::Gate;
 use crate::core::meta::{
     DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_ANNOTATION, FIELD_MANAGER,
@@ -30,6 +31,7 @@ use crate::core::render::{Rendered, fingerprint};
 use crate::core::selection::{Decision, Selection};
 use crate::core::service_accounts::Targets;
 use crate::core::time::rfc3339;
+use crate::k8s::client::{api_message, call};
 use crate::k8s::events::Events;
 use crate::k8s::secret_cache::{CachedSecret, SecretCache};
 use crate::k8s::service_account;
@@ -345,24 +347,13 @@ impl Context {
             .limit(500);
         let (mut verified, mut mismatched) = (0, 0);
         loop {
-            let page = match tokio::time::timeout(self.api_timeout, api.list(&params)).await {
-                Ok(Ok(page)) => page,
-                Ok(Err(source)) => {
-                    return Err(Error::Kube {
-                        context: format!(
-                            "listing Secrets {} to verify their data",
-                            self.secret_name
-                        ),
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(Error::Timeout(format!(
-                        "listing Secrets {} took longer than {:?}",
-                        self.secret_name, self.api_timeout
-                    )));
-                }
-            };
+            let page = call(
+                || format!("listing Secrets {} to verify their data", self.secret_name),
+                self.api_timeout,
+                "",
+                api.list(&params),
+            )
+            .await?;
             for secret in &page.items {
                 let Some(namespace) = secret.metadata.namespace.as_deref() else {
                     continue;
@@ -488,10 +479,12 @@ impl Context {
                         "namespace left the selection; removed pull secret"
                     )
                 }
-                Err(Error::Kube {
-                    source: kube::Error::Api(status),
-                    ..
-                }) if status.code == 404 || status.code == 409 => {}
+                // Gone already, or not the Secret we meant to delete any more (UID precondition).
+                Err(e)
+                    if matches!(
+                        e.api_failure(),
+                        Some(ApiFailure::NotFound | ApiFailure::Conflict)
+                    ) => {}
                 Err(e) => return Err(e),
             }
             outcome = Outcome::Removed;
@@ -552,19 +545,15 @@ impl Context {
         &self,
         what: &'static str,
         namespace: &str,
-        call: impl Future<Output = Result<T, kube::Error>>,
+        request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.api_timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(Error::Kube {
-                context: format!("{what} Secret {namespace}/{}", self.secret_name),
-                source,
-            }),
-            Err(_) => Err(Error::Timeout(format!(
-                "{what} Secret {namespace}/{} took longer than {:?}",
-                self.secret_name, self.api_timeout
-            ))),
-        }
+        call(
+            || format!("{what} Secret {namespace}/{}", self.secret_name),
+            self.api_timeout,
+            "",
+            request,
+        )
+        .await
     }
 
     /// A namespace that is gone or going: no state, no backoff entry, no record of our write.
@@ -643,13 +632,14 @@ pub async fn reconcile(
             let delay = ctx.gate.failed(&key, now, rand::random());
             ctx.metrics.namespace_state(&namespace, Some("failed"));
             if let Error::Kube {
-                source: kube::Error::Api(status),
+                failure: ApiFailure::Forbidden,
+                source,
                 context,
             } = &error
-                && status.code == 403
             {
+                let refusal = api_message(source);
                 // The admission policy refuses with 403 too; its fix is another list.
-                let fix = if status.message.contains("ValidatingAdmissionPolicy") {
+                let fix = if refusal.contains("ValidatingAdmissionPolicy") {
                     format!(
                         "add {} to the admission policy's names as well as to the RBAC resourceNames \
                          (Helm: customResources.secretNames; kustomize: deploy/admission-policy.yaml, \
@@ -665,10 +655,7 @@ pub async fn reconcile(
                 };
                 ctx.metrics.problem(
                     "Forbidden",
-                    format!(
-                        "{context} in namespace {namespace} was refused ({}); {fix}",
-                        status.message
-                    ),
+                    format!("{context} in namespace {namespace} was refused ({refusal}); {fix}"),
                 );
             }
             tracing::warn!(

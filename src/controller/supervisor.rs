@@ -23,11 +23,13 @@ use tracing::Instrument;
 
 use crate::Error;
 use crate::controller::pipeline::{self, Env};
+use crate::core::api_failure::ApiFailure;
 use crate::core::crd::{
     EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts,
 };
 use crate::core::pipeline::{Inherited, PipelineConfig};
 use crate::core::time::rfc3339;
+use crate::k8s::client::api_message;
 use crate::k8s::events::Events;
 use crate::telemetry::metrics::{Problem, TokenHealth};
 
@@ -219,6 +221,7 @@ impl Drop for Running {
 
 async fn reconcile(resource: Arc<EcrPullSecret>, ctx: Arc<Supervisor>) -> Result<Action, Error> {
     let api: Api<EcrPullSecret> = Api::all(ctx.client.clone());
+    let name = resource.name_any();
     finalizer(&api, FINALIZER, resource, |event| async {
         match event {
             Finalizer::Apply(resource) => ctx.apply(&resource).await,
@@ -226,7 +229,10 @@ async fn reconcile(resource: Arc<EcrPullSecret>, ctx: Arc<Supervisor>) -> Result
         }
     })
     .await
-    .map_err(|e| Error::Resource(e.to_string()))
+    .map_err(|source| Error::Resource {
+        name: name.clone(),
+        source: Box::new(source),
+    })
 }
 
 fn error_policy(_: Arc<EcrPullSecret>, error: &Error, _: Arc<Supervisor>) -> Action {
@@ -393,7 +399,7 @@ impl Supervisor {
         )
         .await;
         if resource.spec.service_accounts.is_none()
-            && matches!(&removed, Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.code == 403)
+            && removed.as_ref().is_err_and(Error::is_forbidden)
         {
             removed = crate::k8s::cleanup::remove(
                 &self.client,
@@ -409,9 +415,10 @@ impl Supervisor {
         let report = match removed {
             Ok(report) => report,
             Err(Error::Kube {
-                source: kube::Error::Api(status),
+                failure: ApiFailure::Forbidden,
+                source,
                 context,
-            }) if status.code == 403 => {
+            }) => {
                 let synced = resource
                     .status
                     .as_ref()
@@ -431,7 +438,7 @@ impl Supervisor {
                     "cannot remove this resource's Secrets ({context}: {}); add {secret_name} to the \
                      ClusterRole's secrets resourceNames, or remove the finalizer {FINALIZER} by hand \
                      to leave the Secrets behind",
-                    status.message
+                    api_message(&source)
                 );
                 let mut status = resource.status.clone().unwrap_or_default();
                 status.conditions = conditions(
@@ -442,7 +449,11 @@ impl Supervisor {
                     SystemTime::now(),
                 );
                 let _ = patch_status(&Api::all(self.client.clone()), &name, &status).await;
-                return Err(Error::Resource(message));
+                return Err(Error::Kube {
+                    context: message,
+                    failure: ApiFailure::Forbidden,
+                    source,
+                });
             }
             Err(error) => return Err(error),
         };
@@ -550,15 +561,17 @@ async fn patch_status(
     )
     .await
     .map(|_| ())
-    .map_err(|source| Error::Kube {
-        context: format!("writing the status of EcrPullSecret {name}"),
-        source,
+    .map_err(|source| {
+        Error::kube(
+            format!("writing the status of EcrPullSecret {name}"),
+            source,
+        )
     })
 }
 
 /// The status from what a pipeline observed: counts, token health and the latest problem.
 /// Ready is True only when nothing needs attention; Degraded says what does.
-pub fn status_of(
+pub(crate) fn status_of(
     adopt: &str,
     generation: i64,
     tokens: &BTreeMap<String, TokenHealth>,

@@ -6,18 +6,20 @@ use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Preconditions}
 use kube::{Client, ResourceExt};
 
 use crate::Error;
+use crate::core::api_failure::ApiFailure;
 use crate::core::meta::{MANAGED_LABEL, MANAGED_VALUE, labelled_by_us};
+use crate::k8s::client::call;
 use crate::k8s::service_account;
 
 /// What cleanup found (and, unless dry-run, removed).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Report {
-    pub(crate) secrets: Vec<String>,
-    pub(crate) service_accounts: Vec<String>,
+pub struct Report {
+    pub secrets: Vec<String>,
+    pub service_accounts: Vec<String>,
 }
 
 /// EcrPullSecret's owner label. Without `owner` every managed Secret of that name goes.
-pub(crate) async fn remove(
+pub async fn remove(
     client: &Client,
     secret_name: &str,
     owner: Option<&str>,
@@ -26,20 +28,19 @@ pub(crate) async fn remove(
     service_accounts: bool,
     fence: &crate::k8s::leader::Fence,
 ) -> Result<Report, Error> {
-    let kube_err = |context: &str| {
-        let context = context.to_string();
-        move |source| Error::Kube { context, source }
-    };
     let mut report = Report::default();
 
     // ServiceAccount entries first, so no ServiceAccount points at a removed Secret.
     let accounts: Api<ServiceAccount> = Api::all(client.clone());
     let list = if service_accounts {
-        accounts
-            .list(&ListParams::default())
-            .await
-            .map_err(kube_err("listing ServiceAccounts"))?
-            .items
+        call(
+            || "listing ServiceAccounts".into(),
+            api_timeout,
+            "",
+            accounts.list(&ListParams::default()),
+        )
+        .await?
+        .items
     } else {
         Vec::new()
     };
@@ -67,10 +68,13 @@ pub(crate) async fn remove(
     let params = ListParams::default()
         .fields(&format!("metadata.name={secret_name}"))
         .labels(&labels);
-    let list = secrets
-        .list_metadata(&params)
-        .await
-        .map_err(kube_err("listing managed Secrets"))?;
+    let list = call(
+        || format!("listing managed Secrets {secret_name}"),
+        api_timeout,
+        "",
+        secrets.list_metadata(&params),
+    )
+    .await?;
     // A Secret that merely carries our label (anyone may set it) is not ours to delete.
     for secret in list
         .items
@@ -93,22 +97,17 @@ pub(crate) async fn remove(
             }),
             ..DeleteParams::default()
         };
-        match tokio::time::timeout(api_timeout, api.delete(&secret.name_any(), &params))
-            .await
-            .map_err(|_| {
-                Error::Timeout(format!(
-                    "deleting Secret {namespace}/{} took longer than {api_timeout:?}",
-                    secret.name_any()
-                ))
-            })? {
+        let deleted = call(
+            || format!("deleting Secret {namespace}/{}", secret.name_any()),
+            api_timeout,
+            "",
+            api.delete(&secret.name_any(), &params),
+        )
+        .await;
+        match deleted {
             Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    context: format!("deleting Secret {namespace}/{}", secret.name_any()),
-                    source,
-                });
-            }
+            Err(e) if e.api_failure() == Some(ApiFailure::NotFound) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(report)

@@ -19,6 +19,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::core::api_failure::ApiFailure;
 use crate::telemetry::metrics::Metrics;
 
 /// Whether this replica may write now: it holds the lease and renewed it less than the renew
@@ -237,7 +238,7 @@ impl Elector {
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
                     Ok(_) => Ok(Attempt::Held),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
+                    Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(Attempt::NotHeld),
                     Err(e) => Err(e),
                 }
             }
@@ -251,7 +252,7 @@ impl Elector {
                     .await
                 {
                     Ok(_) => Ok(Attempt::Held),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
+                    Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(Attempt::NotHeld),
                     Err(e) => Err(e),
                 }
             }
@@ -311,20 +312,18 @@ impl Elector {
 /// A lease request refused for good (RBAC, a namespace that does not exist or is terminating):
 /// what to fix. `None` for what passes by itself (timeouts, 5xx, conflicts).
 fn lease_problem(config: &LeaseConfig, error: &kube::Error) -> Option<String> {
-    let kube::Error::Api(status) = error else {
-        return None;
-    };
     let lease = format!("Lease {}/{}", config.namespace, config.name);
-    match status.code {
-        403 => Some(format!(
-            "{lease} refused ({}): grant get, list, watch and update on leases with resourceNames [{}], \
+    let said = crate::k8s::client::api_message(error);
+    match ApiFailure::of(error) {
+        ApiFailure::Forbidden => Some(format!(
+            "{lease} refused ({said}): grant get, list, watch and update on leases with resourceNames [{}], \
              and create on leases, in namespace {} (the shipped Role does)",
-            status.message, config.name, config.namespace
+            config.name, config.namespace
         )),
-        404 => Some(format!(
-            "{lease} cannot be created ({}): namespace {} does not exist; create it or set \
+        ApiFailure::NotFound => Some(format!(
+            "{lease} cannot be created ({said}): namespace {} does not exist; create it or set \
              --lease-namespace to an existing one",
-            status.message, config.namespace
+            config.namespace
         )),
         _ => None,
     }

@@ -2,7 +2,7 @@
 //! Events, ServiceAccount entries, and removing what we wrote. Named `k8s` so that `kube`
 //! always means the kube-rs crate.
 
-pub(crate) mod cleanup;
+pub mod cleanup;
 pub(crate) mod client;
 pub mod events;
 pub mod leader;

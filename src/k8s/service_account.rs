@@ -12,7 +12,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
+use crate::core::api_failure::ApiFailure;
 use crate::core::meta::FIELD_MANAGER;
+use crate::k8s::client::call;
 
 pub(crate) use crate::core::service_accounts::with_entry;
 
@@ -31,23 +33,9 @@ pub(crate) async fn set_entry(
     let namespace = sa.namespace().unwrap_or_default();
     let name = sa.name_any();
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-    let context = || format!("ServiceAccount {namespace}/{name}");
-    let bounded =
-        |e: Result<Result<ServiceAccount, kube::Error>, tokio::time::error::Elapsed>| match e {
-            Ok(Ok(sa)) => Ok(Ok(sa)),
-            Ok(Err(kube::Error::Api(status))) if status.code == 409 || status.code == 404 => {
-                Ok(Err(status.code))
-            }
-            Ok(Err(source)) => Err(Error::Kube {
-                context: context(),
-                source,
-            }),
-            Err(_) => Err(Error::Timeout(format!(
-                "{} took longer than {timeout:?}",
-                context()
-            ))),
-        };
+    let what = || format!("patching ServiceAccount {namespace}/{name}");
     let mut current = sa;
+    let mut last_conflict = None;
     for _ in 0..CONFLICT_RETRIES {
         let Some(list) = with_entry(current.image_pull_secrets.as_deref(), secret, present) else {
             return Ok(false);
@@ -62,9 +50,14 @@ pub(crate) async fn set_entry(
             ..PatchParams::default()
         };
         fence.check()?;
-        let patched =
-            tokio::time::timeout(timeout, api.patch(&name, &params, &Patch::Merge(&patch))).await;
-        match bounded(patched)? {
+        let patched = call(
+            what,
+            timeout,
+            "",
+            api.patch(&name, &params, &Patch::Merge(&patch)),
+        )
+        .await;
+        match patched {
             Ok(_) => {
                 tracing::info!(
                     namespace,
@@ -75,15 +68,29 @@ pub(crate) async fn set_entry(
                 );
                 return Ok(true);
             }
-            Err(404) => return Ok(false),
-            Err(_conflict) => match bounded(tokio::time::timeout(timeout, api.get(&name)).await)? {
-                Ok(fresh) => current = fresh,
-                Err(_) => return Ok(false),
-            },
+            Err(e) if e.api_failure() == Some(ApiFailure::NotFound) => return Ok(false),
+            Err(e) if e.api_failure() == Some(ApiFailure::Conflict) => {
+                last_conflict = Some(e);
+                match call(what, timeout, "", api.get_opt(&name)).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(false),
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
-    Err(Error::Conflict(format!(
-        "{} changed {CONFLICT_RETRIES} times while we patched it; retrying later",
-        context()
-    )))
+    // Someone else kept writing it: retried later, with the last 409 as the cause.
+    Err(match last_conflict {
+        Some(Error::Kube { source, .. }) => Error::Kube {
+            context: format!(
+                "ServiceAccount {namespace}/{name} changed {CONFLICT_RETRIES} times while we patched it; retrying later"
+            ),
+            failure: ApiFailure::Conflict,
+            source,
+        },
+        Some(other) => other,
+        None => Error::Config(format!(
+            "patching ServiceAccount {namespace}/{name}: no attempt made"
+        )),
+    })
 }

@@ -288,7 +288,7 @@ impl Metrics {
     }
 
     /// Records a problem (reason is a condition reason such as `Forbidden`).
-    pub(crate) fn problem(&self, reason: &'static str, message: String) {
+    pub fn problem(&self, reason: &'static str, message: String) {
         self.problem.lock().expect("problem lock").0 = Some(Problem {
             reason,
             message,
