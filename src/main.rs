@@ -1,3 +1,6 @@
+//! The `ecr-pull-secrets` binary: parses the command line, sets up logging, runs the command
+//! and turns its outcome into the exit code.
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

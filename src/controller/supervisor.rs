@@ -1,6 +1,6 @@
-//! Serving EcrPullSecret resources: one pipeline (token refresh, rendering, namespace
-//! controller; the same as the flag-configured one) per resource, each with its own
-//! credentials, limits and backoff, so a failing resource neither blocks nor slows the others.
+//! The supervisor of every pipeline: the flag-configured secret's, and one per EcrPullSecret
+//! resource, each with its own credentials, limits and backoff, so a failing one neither blocks
+//! nor slows the others. A pipeline that cannot start is retried with backoff.
 //!
 //! A finalizer holds a deleted resource until its Secrets and ServiceAccount entries are gone.
 //! The resource's status is written from what its pipeline observes.

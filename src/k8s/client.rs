@@ -1,4 +1,5 @@
-//! The Kubernetes client: configuration from the cluster or KUBECONFIG.
+//! The Kubernetes client (configuration from the cluster or KUBECONFIG), and `call`: the one
+//! place a Kubernetes call gets its deadline and its failure typed.
 
 use std::future::Future;
 use std::time::Duration;
