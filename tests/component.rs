@@ -819,7 +819,7 @@ async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
     let lists = seen.lock().unwrap().lists;
     assert!((3..=7).contains(&lists), "{lists} LISTs in a minute");
     assert_eq!(failures(&metrics), lists, "every failure counts");
-    let problem = metrics.current_problem().expect("a problem");
+    let problem = metrics.observed().current_problem().expect("a problem");
     assert_eq!(problem.reason, "Forbidden");
     assert!(
         problem
@@ -838,7 +838,7 @@ async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
     };
     assert_eq!(lists_after, lists + 1, "listed once");
     assert!((2..=7).contains(&watches), "{watches} WATCHes in a minute");
-    let problem = metrics.current_problem().expect("a problem");
+    let problem = metrics.observed().current_problem().expect("a problem");
     assert!(
         problem
             .message
@@ -852,7 +852,7 @@ async fn a_refused_credentials_watch_backs_off_and_says_which_verb() {
     metrics.token_fetched("eu-west-1", SystemTime::now() + Duration::from_secs(3600));
     seen.lock().unwrap().refuse = "";
     let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    while metrics.current_problem().is_some() {
+    while metrics.observed().current_problem().is_some() {
         assert!(
             tokio::time::Instant::now() < until,
             "the problem never cleared"

@@ -31,7 +31,7 @@ use crate::core::pipeline::{Inherited, PipelineConfig};
 use crate::core::time::rfc3339;
 use crate::k8s::client::api_message;
 use crate::k8s::events::Events;
-use crate::telemetry::metrics::{Problem, TokenHealth};
+use crate::telemetry::observed::{Problem, TokenHealth};
 
 /// How a resource, and the flag-configured secret, take over a Secret that is not theirs.
 const ADOPT_BY_SPEC: &str = "set spec.adoptExisting: true";
@@ -131,9 +131,9 @@ pub async fn report_flags_status(env: Env, lease: ObjectReference) {
         let status = status_of(
             ADOPT_BY_FLAG,
             0,
-            &env.metrics.token_health(),
-            &env.metrics.state_counts(),
-            env.metrics.current_problem().as_ref(),
+            &env.metrics.observed().token_health(),
+            &env.metrics.observed().state_counts(),
+            env.metrics.observed().current_problem().as_ref(),
             &conditions,
             SystemTime::now(),
         );
@@ -524,9 +524,9 @@ async fn write_status(
         let status = status_of(
             ADOPT_BY_SPEC,
             generation,
-            &metrics.token_health(),
-            &metrics.state_counts(),
-            metrics.current_problem().as_ref(),
+            &metrics.observed().token_health(),
+            &metrics.observed().state_counts(),
+            metrics.observed().current_problem().as_ref(),
             &written.conditions,
             SystemTime::now(),
         );

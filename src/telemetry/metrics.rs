@@ -1,6 +1,6 @@
 //! Prometheus metrics (OpenMetrics text), served on `/metrics` by every replica.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::telemetry::observed::Observed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct IdentityLabels {
@@ -73,36 +75,11 @@ pub struct Metrics {
     families: std::sync::Arc<Families>,
     /// `None` for the flag-configured controller, else the EcrPullSecret's name.
     resource: Option<String>,
-    /// Each namespace's last state, so the per-state gauges stay exact (no per-namespace series).
-    states: Mutex<HashMap<String, &'static str>>,
     /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
     queued: Mutex<HashSet<String>>,
-    /// Per identity (region or ecr-public): what the resource's status reports.
-    tokens: Mutex<BTreeMap<String, TokenHealth>>,
-    /// The latest problem not shown by the counts (a refused watch or write, credentials that
-    /// cannot be loaded), and when the configuration last made progress.
-    problem: Mutex<(Option<Problem>, Option<std::time::SystemTime>)>,
-    /// Why the credentials Secret cannot be followed, while that lasts: unlike `problem`,
-    /// progress does not hide it (tokens still come with the keys read before).
-    credentials: Mutex<Option<Problem>>,
-}
-
-/// Something a human must fix, for a resource's status: a condition reason and a message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-    pub(crate) at: std::time::SystemTime,
-}
-
-/// The latest token fetch outcome of one identity.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct TokenHealth {
-    pub(crate) expires_at: Option<std::time::SystemTime>,
-    pub(crate) last_refresh: Option<std::time::SystemTime>,
-    pub(crate) consecutive_failures: u32,
-    /// The last error, while the latest fetch failed (AWS's message; never a credential).
-    pub(crate) last_error: Option<String>,
+    /// What this configuration observed of itself, which its status is computed from. The
+    /// recording methods below update it and the gauges together; only status reads it back.
+    observed: Observed,
 }
 
 struct Families {
@@ -261,11 +238,8 @@ impl Metrics {
         Metrics {
             families,
             resource,
-            states: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
-            tokens: Mutex::new(BTreeMap::new()),
-            problem: Mutex::new((None, None)),
-            credentials: Mutex::new(None),
+            observed: Observed::default(),
         }
     }
 
@@ -289,11 +263,7 @@ impl Metrics {
 
     /// Records a problem (reason is a condition reason such as `Forbidden`).
     pub fn problem(&self, reason: &'static str, message: String) {
-        self.problem.lock().expect("problem lock").0 = Some(Problem {
-            reason,
-            message,
-            at: std::time::SystemTime::now(),
-        });
+        self.observed.problem(reason, message);
     }
 
     /// One failure following the credentials Secret (`reason`: `forbidden`, `unavailable`,
@@ -309,37 +279,12 @@ impl Metrics {
 
     /// Sets (reason, message) or clears the credentials Secret's problem.
     pub(crate) fn credentials_problem(&self, problem: Option<(&'static str, String)>) {
-        let mut current = self.credentials.lock().expect("credentials lock");
-        let same = match (&*current, &problem) {
-            (Some(c), Some((reason, message))) => c.reason == *reason && &c.message == message,
-            _ => false,
-        };
-        if !same {
-            *current = problem.map(|(reason, message)| Problem {
-                reason,
-                message,
-                at: std::time::SystemTime::now(),
-            });
-        }
+        self.observed.credentials_problem(problem);
     }
 
-    /// The credentials Secret's problem while it lasts, else the latest problem unless the
-    /// configuration made progress (a token fetched, a namespace synced) after it.
-    pub fn current_problem(&self) -> Option<Problem> {
-        if let Some(problem) = self.credentials.lock().expect("credentials lock").clone() {
-            return Some(problem);
-        }
-        let guard = self.problem.lock().expect("problem lock");
-        match &guard.0 {
-            Some(problem) if guard.1.is_none_or(|progress| progress <= problem.at) => {
-                Some(problem.clone())
-            }
-            _ => None,
-        }
-    }
-
-    fn progressed(&self) {
-        self.problem.lock().expect("problem lock").1 = Some(std::time::SystemTime::now());
+    /// What this configuration observed of itself (for its status).
+    pub fn observed(&self) -> &Observed {
+        &self.observed
     }
 
     /// The metrics of EcrPullSecret `name`: the same registry, its own bookkeeping.
@@ -355,31 +300,10 @@ impl Metrics {
         }
     }
 
-    /// Token health per identity, for the resource's status.
-    pub(crate) fn token_health(&self) -> BTreeMap<String, TokenHealth> {
-        self.tokens.lock().expect("tokens lock").clone()
-    }
-
-    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`, `expired`).
-    pub(crate) fn state_counts(&self) -> BTreeMap<&'static str, u32> {
-        let mut counts = BTreeMap::new();
-        for state in self.states.lock().expect("states lock").values() {
-            *counts.entry(*state).or_insert(0) += 1;
-        }
-        counts
-    }
-
     /// Takes this configuration's namespaces out of the gauges and drops its token series:
     /// called when a resource is deleted or restarted with a new spec.
     pub(crate) fn forget(&self) {
-        let states: Vec<String> = self
-            .states
-            .lock()
-            .expect("states lock")
-            .keys()
-            .cloned()
-            .collect();
-        for name in states {
+        for name in self.observed.namespaces() {
             self.namespace_state(&name, None);
         }
         let queued: Vec<String> = self
@@ -392,10 +316,7 @@ impl Metrics {
         for name in queued {
             self.dequeued(&name);
         }
-        let identities: Vec<String> =
-            std::mem::take(&mut *self.tokens.lock().expect("tokens lock"))
-                .into_keys()
-                .collect();
+        let identities = self.observed.forget_tokens();
         let f = &self.families;
         for identity in identities {
             let identity = self.identity(&identity);
@@ -442,16 +363,7 @@ impl Metrics {
             .set(unix_seconds(expires_at));
         f.last_refresh.get_or_create(&labels).set(unix_seconds(now));
         f.consecutive_failures.get_or_create(&labels).set(0);
-        self.progressed();
-        self.tokens.lock().expect("tokens lock").insert(
-            identity.to_string(),
-            TokenHealth {
-                expires_at: Some(expires_at),
-                last_refresh: Some(now),
-                consecutive_failures: 0,
-                last_error: None,
-            },
-        );
+        self.observed.token_fetched(identity, expires_at, now);
     }
 
     /// A failed fetch of class `class` (`transient` or `configuration`); `message` says why
@@ -469,10 +381,7 @@ impl Metrics {
                 identity: self.identity(identity),
             })
             .inc();
-        let mut tokens = self.tokens.lock().expect("tokens lock");
-        let health = tokens.entry(identity.to_string()).or_default();
-        health.consecutive_failures += 1;
-        health.last_error = Some(message.to_string());
+        self.observed.token_fetch_failed(identity, message);
     }
 
     pub fn reconciled(&self, outcome: &str, took: std::time::Duration) {
@@ -529,14 +438,7 @@ impl Metrics {
 
     /// Records namespace `name`'s state; `None` forgets it (deleted or terminating).
     pub fn namespace_state(&self, name: &str, state: Option<&'static str>) {
-        if matches!(state, Some("synced" | "excluded")) {
-            self.progressed();
-        }
-        let mut states = self.states.lock().expect("states lock");
-        let previous = match state {
-            Some(state) => states.insert(name.to_string(), state),
-            None => states.remove(name),
-        };
+        let previous = self.observed.namespace_state(name, state);
         if previous == state {
             return;
         }
@@ -568,6 +470,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn exposition_names_and_values() {
@@ -681,10 +584,10 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert_eq!(
-            a.state_counts(),
+            a.observed().state_counts(),
             BTreeMap::from([("failed", 1), ("synced", 1)])
         );
-        let health = &a.token_health()["us-east-1"];
+        let health = &a.observed().token_health()["us-east-1"];
         assert_eq!(health.consecutive_failures, 1);
         assert_eq!(health.last_error.as_deref(), Some("throttled"));
         a.forget();
@@ -720,17 +623,17 @@ mod tests {
         m.credentials_failure("forbidden");
         // Tokens still come with the keys read before: that hides other problems, not this one.
         m.token_fetched("us-east-1", std::time::SystemTime::now());
-        let problem = m.current_problem().unwrap();
+        let problem = m.observed().current_problem().unwrap();
         assert_eq!(problem.message, "may not list the Secret");
         let at = problem.at;
         m.credentials_problem(Some(("Forbidden", "may not list the Secret".into())));
         assert_eq!(
-            m.current_problem().unwrap().at,
+            m.observed().current_problem().unwrap().at,
             at,
             "unchanged, not renewed"
         );
         m.credentials_problem(None);
-        assert_eq!(m.current_problem(), None);
+        assert_eq!(m.observed().current_problem(), None);
         assert!(
             m.encode().contains(
                 "ecr_pull_secrets_credentials_watch_failures_total{reason=\"forbidden\"} 2"

@@ -3,3 +3,4 @@
 
 pub(crate) mod health;
 pub mod metrics;
+pub mod observed;
