@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
@@ -98,17 +98,19 @@ pub async fn lead(
     let _caches_waiter = AbortOnDrop(tokio::spawn(
         wait_for_caches(ctx.clone(), account_store, ready_tx).in_current_span(),
     ));
-    let (one, listed) = follow_namespaces(env, &ctx, &mut tasks);
-    let all = reconcile_all_triggers(&ctx, env, listed);
-    let controller = run_controller(
-        env,
-        &ctx,
-        one,
-        all,
-        secret_events,
-        account_events,
-        stop.clone(),
+    let (one_tx, one, listed) = follow_namespaces(env, &ctx, &mut tasks);
+    let all = reconcile_all_triggers(&ctx, listed);
+    tasks.spawn(
+        feed_all(
+            all,
+            env.namespaces.store(),
+            env.metrics.clone(),
+            one_tx,
+            usize::from(env.concurrency) * 2,
+        )
+        .in_current_span(),
     );
+    let controller = run_controller(env, &ctx, one, secret_events, account_events, stop.clone());
     let result = until_stopped_or_failed(controller, &mut tasks, stop, env.api_timeout).await;
     tasks.shutdown().await;
     result
@@ -265,8 +267,13 @@ fn follow_namespaces(
     env: &Env,
     ctx: &Arc<Context>,
     tasks: &mut JoinSet<()>,
-) -> (Triggers<NamespaceRef>, Triggers<()>) {
+) -> (
+    mpsc::UnboundedSender<NamespaceRef>,
+    Triggers<NamespaceRef>,
+    Triggers<()>,
+) {
     let (one_tx, one_rx) = mpsc::unbounded_channel::<NamespaceRef>();
+    let feed = one_tx.clone();
     let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let mut subscription = env.namespaces.subscribe();
     tasks.spawn({
@@ -304,13 +311,13 @@ fn follow_namespaces(
     let all = futures::stream::unfold(all_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
-    (one.boxed(), all.boxed())
+    (feed, one.boxed(), all.boxed())
 }
 
 /// When every namespace is checked again (from the caches: no writes when in sync): a new
 /// config, the 15-minute resync (after the data sweep), the written config expiring without a
 /// replacement (so none still counts as synced), and `listed`.
-fn reconcile_all_triggers(ctx: &Arc<Context>, env: &Env, listed: Triggers<()>) -> Triggers<()> {
+fn reconcile_all_triggers(ctx: &Arc<Context>, listed: Triggers<()>) -> Triggers<()> {
     let new_config = futures::stream::unfold(ctx.desired.clone(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
@@ -338,17 +345,45 @@ fn reconcile_all_triggers(ctx: &Arc<Context>, env: &Env, listed: Triggers<()>) -
             }
         }
     });
-    let (metrics, namespaces) = (env.metrics.clone(), env.namespaces.store());
     futures::stream::select(
         futures::stream::select(new_config, resync),
         futures::stream::select(expired, listed),
     )
-    .inspect(move |_| {
-        for ns in namespaces.state() {
-            metrics.enqueued(&ns.name_any());
-        }
-    })
     .boxed()
+}
+
+/// Checks every namespace once per `all` trigger, without handing the whole list to the queue
+/// at once: at most `window` namespaces wait, so the queue costs the same at 100 or 100,000
+/// namespaces (kube-runtime's would otherwise hold an entry per namespace, twice over, in every
+/// pipeline). Triggers that come during a pass are merged into one more pass.
+async fn feed_all(
+    mut all: Triggers<()>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    metrics: Arc<Metrics>,
+    one: mpsc::UnboundedSender<NamespaceRef>,
+    window: usize,
+) {
+    while all.next().await.is_some() {
+        loop {
+            for ns in namespaces.state() {
+                metrics.queue_below(window).await;
+                let name = ns.name_any();
+                metrics.enqueued(&name);
+                if one.send(ObjectRef::new(&name)).is_err() {
+                    // The controller stopped (shutdown): nothing left to feed.
+                    return std::future::pending().await;
+                }
+            }
+            // Whatever asked for another pass meanwhile is served by one more.
+            let mut again = false;
+            while let Some(Some(())) = all.next().now_or_never() {
+                again = true;
+            }
+            if !again {
+                break;
+            }
+        }
+    }
 }
 
 /// The namespace controller over the shared namespace cache: `concurrency` workers, fed by
@@ -357,12 +392,11 @@ fn run_controller(
     env: &Env,
     ctx: &Arc<Context>,
     one: Triggers<NamespaceRef>,
-    all: Triggers<()>,
     secret_events: Triggers<Result<PartialObjectMeta<Secret>, watcher::Error>>,
     account_events: Triggers<Result<ServiceAccount, watcher::Error>>,
     mut stop: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    // No stream of its own: `reconcile_on` and `reconcile_all_on` bring the namespace triggers.
+    // No stream of its own: `reconcile_on` brings every namespace trigger.
     let no_watch =
         futures::stream::pending::<Result<PartialObjectMeta<Namespace>, watcher::Error>>();
     let metrics = env.metrics.clone();
@@ -378,7 +412,6 @@ fn run_controller(
             let metrics = metrics.clone();
             move |sa| in_namespace(&metrics, sa.namespace())
         })
-        .reconcile_all_on(all)
         .graceful_shutdown_on(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -77,6 +77,8 @@ pub struct Metrics {
     resource: Option<String>,
     /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
     queued: Mutex<HashSet<String>>,
+    /// Their number, for those who wait for room in the queue.
+    queued_len: tokio::sync::watch::Sender<usize>,
     /// What this configuration observed of itself, which its status is computed from. The
     /// recording methods below update it and the gauges together; only status reads it back.
     observed: Observed,
@@ -239,6 +241,7 @@ impl Metrics {
             families,
             resource,
             queued: Mutex::new(HashSet::new()),
+            queued_len: tokio::sync::watch::channel(0).0,
             observed: Observed::default(),
         }
     }
@@ -400,20 +403,24 @@ impl Metrics {
     /// Namespace `name` was triggered (watch event, config change); counted until a worker
     /// takes it. Repeated triggers of a waiting namespace count once, as the queue merges them.
     pub fn enqueued(&self, name: &str) {
-        if self
-            .queued
-            .lock()
-            .expect("queued lock")
-            .insert(name.to_string())
-        {
+        let mut queued = self.queued.lock().expect("queued lock");
+        if queued.insert(name.to_string()) {
             self.families.queue_depth.inc();
+            self.queued_len.send_replace(queued.len());
         }
+    }
+
+    /// Waits until fewer than `limit` namespaces wait for a worker.
+    pub(crate) async fn queue_below(&self, limit: usize) {
+        let _ = self.queued_len.subscribe().wait_for(|n| *n < limit).await;
     }
 
     /// A worker took namespace `name`.
     pub(crate) fn dequeued(&self, name: &str) {
-        if self.queued.lock().expect("queued lock").remove(name) {
+        let mut queued = self.queued.lock().expect("queued lock");
+        if queued.remove(name) {
             self.families.queue_depth.dec();
+            self.queued_len.send_replace(queued.len());
         }
     }
 
