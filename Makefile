@@ -86,8 +86,13 @@ test-e2e: testenv
 ## stays on the default version (tests/testenv.sh's KUBE_VERSION). COMPAT_TESTS=$(E2E_TESTS)
 ## for the full matrix.
 COMPAT_VERSIONS ?= v1.30.14 v1.37.2
-# The core subset CI runs on the other versions (the default version runs every suite).
-COMPAT_CORE := e2e_skeleton e2e_fanout e2e_ha e2e_resources e2e_rbac e2e_credentials e2e_packaging e2e_status e2e_check
+# The core subset CI runs on the other versions (the default version runs every suite): where
+# the API server's behaviour could differ (server-side apply, watches and field selectors, the
+# CRD's CEL rules and status, ValidatingAdmissionPolicy, server-side dry runs, Leases, RBAC,
+# FlowSchemas). Left out, to keep CI in its 90 minutes cold: e2e_fanout (500 namespaces),
+# e2e_tokens, e2e_observability and e2e_hardening (the controller's timing against AWS faults,
+# token expiry and Prometheus). docs/testing.md#kubernetes-versions has the full matrix.
+COMPAT_CORE := e2e_skeleton e2e_ha e2e_resources e2e_rbac e2e_packaging e2e_credentials e2e_status e2e_check
 COMPAT_TESTS ?= $(COMPAT_CORE)
 test-compat: testenv
 	CARGO="$(CARGO)" tests/compat.sh $(COMPAT_VERSIONS) -- $(COMPAT_TESTS)
