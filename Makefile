@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-compat testenv-compat test-node test-demo test-demo-node testenv testenv-node build image audit bench
+.PHONY: demo demo-node test lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
@@ -94,6 +94,7 @@ COMPAT_VERSIONS ?= v1.30.14 v1.37.2
 # token expiry and Prometheus). docs/testing.md#kubernetes-versions has the full matrix.
 COMPAT_CORE := e2e_skeleton e2e_ha e2e_resources e2e_rbac e2e_packaging e2e_credentials e2e_status e2e_check
 COMPAT_TESTS ?= $(COMPAT_CORE)
+.PHONY: test-compat testenv-compat
 test-compat: testenv
 	CARGO="$(CARGO)" tests/compat.sh $(COMPAT_VERSIONS) -- $(COMPAT_TESTS)
 
