@@ -3,8 +3,9 @@
 //! CRD, with resources off and with every option set) passes the API server's validation, the
 //! chart exposes every flag, the rendered ClusterRoles and Roles grant exactly the least set
 //! documented in docs/security.md, each rendering's admission policy allows exactly the Secret
-//! names its ClusterRole grants, to exactly its ServiceAccount, and every example in
-//! deploy/examples/ is accepted by the installed EcrPullSecret CRD.
+//! names its ClusterRole grants, to exactly its ServiceAccount, every example in
+//! deploy/examples/ is accepted by the installed EcrPullSecret CRD, and the chart renders for the
+//! API server's own version and refuses one before 1.30 (its `kubeVersion`).
 //! Run through `tests/testenv.sh run -- cargo test --test e2e_packaging -- --test-threads=1`.
 
 mod support;
@@ -687,4 +688,50 @@ async fn every_example_is_accepted_by_the_crd() {
             "{to:?} should be refused with {message:?}: {stderr}"
         );
     }
+}
+
+/// The chart's `kubeVersion` is the supported range's floor (docs/install.md): Helm renders it,
+/// admission policy included, for this API server's own version, as `helm install` would, and
+/// the server accepts that rendering; it refuses a cluster older than 1.30. Run on every
+/// version of `make test-compat`.
+#[tokio::test]
+async fn the_chart_renders_for_this_api_servers_version_and_refuses_one_before_1_30() {
+    let Some(_env) = testenv() else { return };
+    let version: Value = serde_json::from_str(&run("kubectl", &["version", "-o", "json"], None))
+        .expect("kubectl version -o json");
+    let server = version["serverVersion"]["gitVersion"]
+        .as_str()
+        .expect("serverVersion.gitVersion")
+        .to_string();
+    let chart = chart();
+    let rendered = run(
+        "helm",
+        &[
+            "template",
+            "ecr-pull-secrets",
+            &chart,
+            "-n",
+            "ecr-pull-secrets",
+            "--kube-version",
+            &server,
+        ],
+        None,
+    );
+    assert!(
+        rendered.contains("kind: ValidatingAdmissionPolicy\n"),
+        "no admission policy rendered for {server}"
+    );
+    ensure_namespace("ecr-pull-secrets");
+    dry_run_apply(&rendered);
+
+    let old = Command::new("helm")
+        .args(["template", "x", &chart, "--kube-version", "v1.29.15"])
+        .output()
+        .unwrap();
+    assert!(!old.status.success(), "the chart rendered for v1.29.15");
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        stderr.contains("kubeVersion: >=1.30.0-0"),
+        "the refusal names the supported floor: {stderr}"
+    );
 }

@@ -114,10 +114,17 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
         ns("gone"),
         ns("foreign"),
     );
+    let secret_name = format!("pull-{p}");
     for name in [&a, &b, &skip, &gone] {
         create_namespace(&client, name).await;
     }
     create_annotated_namespace(&client, &optout, "ecr-pull-secrets.io/exclude", "true").await;
+    // A foreign Secret with our name, made before the controller starts in a namespace that opts
+    // out: step 2 lets it join the selection. Made in a namespace the controller already
+    // selects, the controller's write could come first (it did: a 409 for the test).
+    create_annotated_namespace(&client, &foreign, "ecr-pull-secrets.io/exclude", "true").await;
+    let data = BTreeMap::from([("token".to_string(), ByteString(b"theirs".to_vec()))]);
+    create_foreign_secret(&client, &foreign, &secret_name, data).await;
     // Deleted, it stays Terminating: the test environment has no namespace controller.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -125,7 +132,6 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
         .await
         .unwrap();
 
-    let secret_name = format!("pull-{p}");
     let lease = format!("lease-{p}");
     let identity = format!("leader-{p}");
     let targets = format!("{p}-*");
@@ -219,9 +225,16 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
     assert_eq!(counted, rows, "every namespace counted once");
 
     // 2. A foreign Secret with our name in a selected namespace: conflict, exit 3; table output.
-    create_namespace(&client, &foreign).await;
-    let data = BTreeMap::from([("token".to_string(), ByteString(b"theirs".to_vec()))]);
-    create_foreign_secret(&client, &foreign, &secret_name, data).await;
+    namespaces
+        .patch(
+            &foreign,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
     let run = status(&with(&[]), &[]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     let table = &run.stdout;
