@@ -68,6 +68,10 @@ pub fn reexec_in_testenv() {
         return;
     }
     let program = std::env::current_exe().expect("the path of this program");
+    eprintln!(
+        "starting the test environment: tests/testenv.sh run -- {}",
+        program.display()
+    );
     let status = Command::new(repo().join("tests/testenv.sh"))
         .args(["run", "--"])
         .arg(program)
