@@ -10,9 +10,12 @@
 //! controller's peak RSS and CPU, AWS calls per refresh, and leader failover after SIGKILL.
 //! It prints a table and writes a JSON report. docs/performance.md explains the method.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+// The end-to-end tests' harness: the environment, the controller processes, the CRD.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,12 +23,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::{TestEnv, create_namespace, ecr_pull_secret, http_get, install_crd};
 
 const SECRET: &str = "bench-pull";
 const PREFIX: &str = "scale";
@@ -53,196 +56,6 @@ struct Args {
     /// cargo bench passes --bench; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-/// The test environment started by `tests/testenv.sh up`; stopped when dropped.
-struct TestEnv {
-    vars: BTreeMap<String, String>,
-    dir: String,
-}
-
-impl TestEnv {
-    fn up() -> TestEnv {
-        let script = repo().join("tests/testenv.sh");
-        let out = Command::new(&script)
-            .arg("up")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/testenv.sh up");
-        assert!(
-            out.status.success(),
-            "tests/testenv.sh up failed; run `tests/testenv.sh build` first"
-        );
-        let mut vars = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
-            else {
-                continue;
-            };
-            let value = if key == "PATH" {
-                let dir = value.trim_end_matches(":\"$PATH\"");
-                format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
-            } else {
-                unquote(value)
-            };
-            vars.insert(key.to_string(), value);
-        }
-        let dir = vars["TESTENV_DIR"].clone();
-        TestEnv { vars, dir }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        &self.vars[key]
-    }
-
-    fn set_emulator(&self, control: &Value) {
-        let path = PathBuf::from(self.var("ECR_EMULATOR_CONTROL"));
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(control).unwrap()).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-
-    fn calls(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.var("ECR_EMULATOR_LOG"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn controller(&self, name: &str, args: &[&str]) -> Controller {
-        self.controller_with_env(name, args, &[])
-    }
-
-    fn controller_with_env(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Controller {
-        let log = Path::new(&self.dir).join(format!("controller-{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
-            .arg("run")
-            .args(args)
-            .envs(&self.vars)
-            .envs(env.iter().copied())
-            .env("POD_NAME", name)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the controller");
-        Controller {
-            child: Some(child),
-            log,
-        }
-    }
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("tests/testenv.sh"))
-            .args(["down", &self.dir])
-            .status();
-    }
-}
-
-/// Undoes bash's `printf %q` for the plain values testenv exports.
-fn unquote(value: &str) -> String {
-    let mut out = String::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.extend(chars.next()),
-            '\'' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A process's peak and current RSS, its anonymous (heap, stacks) and file-backed (the mapped
-/// binary) parts, all in KiB, and its CPU time.
-struct Usage {
-    peak: u64,
-    rss: u64,
-    anon: u64,
-    file: u64,
-    cpu_seconds: f64,
-}
-
-struct Controller {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Memory and CPU from /proc: sizes in KiB.
-    fn usage(&self) -> Usage {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |field: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-            .unwrap_or(0.0);
-        Usage {
-            peak: kib("VmHWM:"),
-            rss: kib("VmRSS:"),
-            anon: kib("RssAnon:"),
-            file: kib("RssFile:"),
-            cpu_seconds: ticks / clock_ticks(),
-        }
-    }
-
-    fn admin_address(&self) -> Option<String> {
-        let log = std::fs::read_to_string(&self.log).ok()?;
-        let line = log.lines().find(|l| l.contains("admin server listening"))?;
-        Some(
-            line.split("address=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .to_string(),
-        )
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// The password a pull secret carries, if its docker config is valid.
@@ -339,25 +152,11 @@ impl Seen {
 }
 
 async fn create_namespaces(client: &Client, names: &[String]) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    futures::stream::iter(names.iter().cloned())
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                let ns = Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(name),
-                        ..ObjectMeta::default()
-                    },
-                    ..Namespace::default()
-                };
-                api.create(&PostParams::default(), &ns).await
-            }
-        })
+    futures::stream::iter(names)
+        .map(|name| create_namespace(client, name))
         .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("create namespaces");
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// The floor: `names.len()` server-side applies of a Secret the size of ours, at the
@@ -436,25 +235,24 @@ fn metric(exposition: &str, name: &str) -> f64 {
 }
 
 async fn scrape(address: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-fsS", "--max-time", "3"])
-        .arg(format!("http://{address}/metrics"))
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    http_get(address, "/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    support::reexec_in_testenv();
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(bench(args));
+}
+
+async fn bench(args: Args) {
     let n = args.namespaces;
-    eprintln!("scale: starting the test environment");
-    let env = TestEnv::up();
-    let kubeconfig = Kubeconfig::read_from(env.var("KUBECONFIG")).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = Client::try_from(config).unwrap();
+    let env = support::testenv().expect("the test environment");
+    let client = support::client().await;
     let controller_namespace = "ecr-pull-secrets-bench";
     create_namespaces(&client, &[controller_namespace.to_string()]).await;
 
@@ -470,7 +268,7 @@ async fn main() {
     let first_ttl = (floor_time.as_secs_f64() * 6.0).max(60.0).ceil() as u64;
     env.set_emulator(&json!({ "ttl_seconds": first_ttl }));
     let seen = Seen::start(&client);
-    let calls_before = env.calls().len();
+    let calls_before = env.call_log().len();
     let common = [
         "--secret-name",
         SECRET,
@@ -492,29 +290,21 @@ async fn main() {
         "0.5",
     ];
     let cold_started = Instant::now();
-    let mut leader = env.controller("leader", &common);
+    let mut leader = env.controller_with_env("leader", &common, &[("POD_NAME", "leader")]);
     let done = seen.all(&names, None, Duration::from_secs(600)).await;
     let cold_start = done.duration_since(cold_started);
     eprintln!("scale: cold start {cold_start:.2?}");
     // A follower, for failover at the end (and as the no-cache baseline for memory).
-    let follower = env.controller("follower", &common);
+    let follower = env.controller_with_env("follower", &common, &[("POD_NAME", "follower")]);
     // Later tokens live 12 h: after the rotation nothing changes.
     env.set_emulator(&json!({}));
 
     // New-namespace latency, one at a time.
     let mut latencies = Vec::new();
-    let api: Api<Namespace> = Api::all(client.clone());
     for i in 0..args.samples {
         let name = format!("{PREFIX}-new-{i:04}");
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
         let created = Instant::now();
-        api.create(&PostParams::default(), &ns).await.unwrap();
+        create_namespace(&client, &name).await;
         let got = seen
             .all(std::slice::from_ref(&name), None, Duration::from_secs(30))
             .await;
@@ -530,7 +320,7 @@ async fn main() {
     let old = seen.password_in(&names[0]).unwrap();
     let until = Instant::now() + Duration::from_secs(first_ttl + 60);
     let rotation_call = loop {
-        let calls = env.calls();
+        let calls = env.call_log();
         if let Some(call) = calls[calls_before..]
             .iter()
             .skip(1)
@@ -557,11 +347,11 @@ async fn main() {
         .duration_since(fetched_at)
         .unwrap_or_default();
     let regions = 1.0;
-    let aws_calls_per_refresh = (env.calls().len() - calls_before - 1) as f64 / regions;
+    let aws_calls_per_refresh = (env.call_log().len() - calls_before - 1) as f64 / regions;
     eprintln!("scale: rotation {rotation:.2?}, AWS calls per refresh {aws_calls_per_refresh}");
 
     // Steady state: nothing changes for a while.
-    let address = leader.admin_address().expect("the leader's admin address");
+    let address = leader.admin_address().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = (scrape(&address).await, api_requests(&client).await);
     let window = Instant::now();
@@ -600,18 +390,7 @@ async fn main() {
     leader.kill();
     let killed = Instant::now();
     let name = format!("{PREFIX}-failover");
-    api.create(
-        &PostParams::default(),
-        &Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        },
-    )
-    .await
-    .unwrap();
+    create_namespace(&client, &name).await;
     let written = seen
         .all(std::slice::from_ref(&name), None, Duration::from_secs(60))
         .await;
@@ -742,6 +521,10 @@ async fn main() {
         report["resources_peak_rss_mib"] = json!(r.peak_rss_mib);
         report["resources_rss_mib_per_resource"] =
             json!((r.peak_rss_mib - follower_hwm as f64 / 1024.0) / r.count as f64);
+        report["resources_rss_mib"] = json!(r.usage.rss as f64 / 1024.0);
+        report["resources_rss_anon_mib"] = json!(r.usage.anon as f64 / 1024.0);
+        report["resources_rss_file_mib"] = json!(r.usage.file as f64 / 1024.0);
+        report["resources_cpu_seconds"] = json!(r.usage.cpu_seconds);
         rows.push((
             "EcrPullSecret resources (each every namespace)",
             format!("{}", r.count),
@@ -755,6 +538,19 @@ async fn main() {
         rows.push((
             "resources: peak RSS",
             format!("{:.1} MiB", r.peak_rss_mib),
+            "",
+        ));
+        rows.push((
+            "resources: (peak - follower peak) / resources",
+            format!(
+                "{:.2} MiB",
+                report["resources_rss_mib_per_resource"].as_f64().unwrap()
+            ),
+            "",
+        ));
+        rows.push((
+            "resources: CPU to all synced",
+            format!("{:.2} s", r.usage.cpu_seconds),
             "",
         ));
     }
@@ -774,6 +570,7 @@ struct ResourcesRun {
     count: usize,
     cold_start: Duration,
     peak_rss_mib: f64,
+    usage: support::Usage,
 }
 
 /// `count` EcrPullSecrets, each selecting every bench namespace (`expected` of them) under its
@@ -787,39 +584,19 @@ async fn serve_resources(
     controller_namespace: &str,
 ) -> ResourcesRun {
     use ecr_pull_secrets::core::crd::EcrPullSecret;
-    let crd = repo().join("deploy/crd/ecrpullsecrets.yaml");
-    for args in [
-        vec!["apply", "--server-side", "-f", crd.to_str().unwrap()],
-        vec![
-            "wait",
-            "--for=condition=Established",
-            "crd/ecrpullsecrets.ecr-pull-secrets.io",
-            "--timeout=30s",
-        ],
-    ] {
-        let status = Command::new("kubectl")
-            .args(&args)
-            .envs(&env.vars)
-            .status()
-            .unwrap();
-        assert!(status.success(), "kubectl {args:?}");
-    }
+    install_crd();
     let api: Api<EcrPullSecret> = Api::all(client.clone());
     let names: Vec<String> = (0..count).map(|k| format!("bench-r{k}")).collect();
     for name in &names {
-        let resource: EcrPullSecret = serde_json::from_value(json!({
-            "apiVersion": "ecr-pull-secrets.io/v1alpha1",
-            "kind": "EcrPullSecret",
-            "metadata": {"name": name},
-            "spec": {
-                "secretName": name,
-                "registries": [{"host": "123456789012.dkr.ecr.us-east-1.amazonaws.com"}],
-                "namespaces": {"include": [format!("{PREFIX}-*")]},
-                "writes": {"qps": 10000, "burst": 10000},
-            },
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &resource).await.unwrap();
+        let spec = json!({
+            "secretName": name,
+            "registries": [{"host": "123456789012.dkr.ecr.us-east-1.amazonaws.com"}],
+            "namespaces": {"include": [format!("{PREFIX}-*")]},
+            "writes": {"qps": 10000, "burst": 10000},
+        });
+        api.create(&PostParams::default(), &ecr_pull_secret(name, spec))
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     let controller = env.controller_with_env(
@@ -833,7 +610,7 @@ async fn serve_resources(
             "--admin-address",
             "127.0.0.1:0",
         ],
-        &[("AWS_REGION", "")],
+        &[("AWS_REGION", ""), ("POD_NAME", "resources")],
     );
     loop {
         let list = api.list(&Default::default()).await.unwrap();
@@ -850,14 +627,16 @@ async fn serve_resources(
         if synced == count {
             break;
         }
+        // 20 resources over 10,000 namespaces are 200,000 writes.
         assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "resources not synced"
+            started.elapsed() < Duration::from_secs(3600),
+            "resources not synced within an hour"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cold_start = started.elapsed();
-    let peak_rss_mib = controller.usage().peak as f64 / 1024.0;
+    let usage = controller.usage();
+    let peak_rss_mib = usage.peak as f64 / 1024.0;
     eprintln!(
         "scale: {count} resources synced in {cold_start:.2?}, peak RSS {peak_rss_mib:.1} MiB"
     );
@@ -865,5 +644,6 @@ async fn serve_resources(
         count,
         cold_start,
         peak_rss_mib,
+        usage,
     }
 }

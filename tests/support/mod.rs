@@ -59,6 +59,34 @@ pub fn testenv() -> Option<TestEnv> {
     Some(env)
 }
 
+/// For programs that start their own environment (the scale benchmark): run this program again
+/// under `tests/testenv.sh run` (up, the program, always down) and exit with its code, unless
+/// it already runs in one. Call it before starting a runtime; it returns only inside the
+/// environment, where [`testenv`] finds it.
+pub fn reexec_in_testenv() {
+    if std::env::var_os("TESTENV_DIR").is_some_and(|v| !v.is_empty()) {
+        return;
+    }
+    let program = std::env::current_exe().expect("the path of this program");
+    eprintln!(
+        "starting the test environment: tests/testenv.sh run -- {}",
+        program.display()
+    );
+    let status = Command::new(repo().join("tests/testenv.sh"))
+        .args(["run", "--"])
+        .arg(program)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .expect("run tests/testenv.sh");
+    if !status.success() {
+        eprintln!(
+            "{status} under tests/testenv.sh run; if the environment did not start, run \
+             `tests/testenv.sh build` first"
+        );
+    }
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 impl TestEnv {
     /// Replaces the emulator's control file atomically (it is re-read on every call).
     pub fn set_emulator(&self, control: &Value) {
@@ -97,7 +125,8 @@ impl TestEnv {
         format!("123456789012.dkr.ecr.{}.amazonaws.com", self.region)
     }
 
-    /// Starts the controller binary; it is stopped when the guard drops.
+    /// Starts the controller binary of this build's profile (debug under `cargo test`, release
+    /// under `cargo bench`); it is stopped when the guard drops.
     pub fn controller(&self, name: &str, args: &[&str]) -> Controller {
         self.controller_with_env(name, args, &[])
     }
@@ -184,7 +213,61 @@ pub struct Controller {
     pub log: PathBuf,
 }
 
+/// A process's peak and current RSS, its anonymous (heap, stacks) and file-backed (the mapped
+/// binary) parts, all in KiB, and its CPU time.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub peak: u64,
+    pub rss: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub cpu_seconds: f64,
+}
+
 impl Controller {
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the controller is running").id()
+    }
+
+    /// Memory and CPU of the running process, from /proc.
+    pub fn usage(&self) -> Usage {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        Usage {
+            peak: kib("VmHWM:"),
+            rss: kib("VmRSS:"),
+            anon: kib("RssAnon:"),
+            file: kib("RssFile:"),
+            cpu_seconds: ticks / clock_ticks(),
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -259,12 +342,18 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         if !std::thread::panicking() {
             // Every controller run of every test doubles as a check that logs never carry
             // secrets.
