@@ -35,8 +35,9 @@ pub(crate) async fn set_entry(
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     let what = || format!("patching ServiceAccount {namespace}/{name}");
     let mut current = sa;
-    let mut last_conflict = None;
-    for _ in 0..CONFLICT_RETRIES {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let Some(list) = with_entry(current.image_pull_secrets.as_deref(), secret, present) else {
             return Ok(false);
         };
@@ -69,8 +70,21 @@ pub(crate) async fn set_entry(
                 return Ok(true);
             }
             Err(e) if e.api_failure() == Some(ApiFailure::NotFound) => return Ok(false),
+            // Someone else kept writing it: retried later, with the last 409 as the cause.
+            Err(Error::Kube {
+                failure: ApiFailure::Conflict,
+                source,
+                ..
+            }) if attempt == CONFLICT_RETRIES => {
+                return Err(Error::Kube {
+                    context: format!(
+                        "ServiceAccount {namespace}/{name} changed {CONFLICT_RETRIES} times while we patched it; retrying later"
+                    ),
+                    failure: ApiFailure::Conflict,
+                    source,
+                });
+            }
             Err(e) if e.api_failure() == Some(ApiFailure::Conflict) => {
-                last_conflict = Some(e);
                 match call(what, timeout, "", api.get_opt(&name)).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(false),
@@ -79,18 +93,4 @@ pub(crate) async fn set_entry(
             Err(e) => return Err(e),
         }
     }
-    // Someone else kept writing it: retried later, with the last 409 as the cause.
-    Err(match last_conflict {
-        Some(Error::Kube { source, .. }) => Error::Kube {
-            context: format!(
-                "ServiceAccount {namespace}/{name} changed {CONFLICT_RETRIES} times while we patched it; retrying later"
-            ),
-            failure: ApiFailure::Conflict,
-            source,
-        },
-        Some(other) => other,
-        None => Error::Config(format!(
-            "patching ServiceAccount {namespace}/{name}: no attempt made"
-        )),
-    })
 }
