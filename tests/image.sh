@@ -36,7 +36,7 @@ buildah_() { buildah --root "$STORAGE/root" --runroot "$STORAGE/run" --storage-d
 binary() {
   local target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
   local start=$SECONDS
-  rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" ||
+  rustup target list --installed 2>/dev/null | grep >/dev/null -x "$MUSL_TARGET" ||
     die "the Rust target $MUSL_TARGET is missing: rustup target add $MUSL_TARGET"
   command -v musl-gcc >/dev/null || die "musl-gcc is missing: apt-get install musl-tools"
   log "cargo build --release --locked --target $MUSL_TARGET"

@@ -42,7 +42,7 @@ for tool in go cargo python3; do
 done
 
 # The static binary of the image.
-if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+if command -v rustup >/dev/null && ! rustup target list --installed | grep >/dev/null -x x86_64-unknown-linux-musl; then
   log "adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl >&2
 fi

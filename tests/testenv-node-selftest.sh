@@ -6,6 +6,8 @@
 # without `down`, or after an `up` killed half-way, starts clean. Needs root (bridges, iptables,
 # mounts, cgroups).
 set -euo pipefail
+# Under pipefail, `producer | grep -q` fails when grep exits at the first match and the producer
+# then dies of SIGPIPE; so pipes end in `grep >/dev/null`, which reads all of its input.
 cd "$(dirname "$0")/.."
 
 passed=0
@@ -16,23 +18,23 @@ pass() { passed=$((passed + 1)); echo "testenv-node-selftest: ok: $*" >&2; }
 check_clean() {
   local pids=$1 pid
   for pid in $pids; do
-    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$dir"; then
+    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep >/dev/null -F "$dir"; then
       fail "process $pid of the testenv still runs after down"
     fi
   done
   for pid in /proc/[0-9]*; do
-    if { tr '\0' ' ' <"$pid/cmdline"; } 2>/dev/null | grep -qF "$dir/"; then
+    if { tr '\0' ' ' <"$pid/cmdline"; } 2>/dev/null | grep >/dev/null -F "$dir/"; then
       fail "process ${pid#/proc/} ($(tr '\0' ' ' <"$pid/cmdline")) still names $dir"
     fi
   done
   ! grep -qF " $dir/" /proc/self/mountinfo || fail "mounts under $dir left: $(grep -F " $dir/" /proc/self/mountinfo | head -3)"
   [[ ! -d $dir ]] || fail "$dir still exists after down"
   ! ip link show ecrtest0 >/dev/null 2>&1 || fail "bridge ecrtest0 left"
-  ! ip -o link | grep -qE 'veth|ecrtest' || fail "links left: $(ip -o link | grep -E 'veth|ecrtest')"
-  ! ip netns list 2>/dev/null | grep -qE 'ecrtest|cni-' || fail "network namespaces left: $(ip netns list)"
+  ! ip -o link | grep >/dev/null -E 'veth|ecrtest' || fail "links left: $(ip -o link | grep -E 'veth|ecrtest')"
+  ! ip netns list 2>/dev/null | grep >/dev/null -E 'ecrtest|cni-' || fail "network namespaces left: $(ip netns list)"
   local cmd
   for cmd in iptables-save ip6tables-save; do
-    if "$cmd" 2>/dev/null | grep -qE '(KUBE-|CNI-|ECRTEST-)'; then
+    if "$cmd" 2>/dev/null | grep >/dev/null -E '(KUBE-|CNI-|ECRTEST-)'; then
       fail "$cmd still shows: $("$cmd" | grep -E '(KUBE-|CNI-|ECRTEST-)' | head -5)"
     fi
   done
@@ -40,7 +42,7 @@ check_clean() {
   [[ ! -e /run/ecr-testenv-node ]] || fail "/run/ecr-testenv-node left"
   ! grep -rqs '/tmp/ecr-testenv\.' /var/lib/cni/results || fail "CNI result cache entries left in /var/lib/cni/results"
   [[ ! -e /var/lib/kubelet/device-plugins/kubelet.sock ]] || fail "kubelet's device plugin socket left"
-  ! find /var/log/containers -maxdepth 1 -lname '/tmp/ecr-testenv.*' 2>/dev/null | grep -q . || fail "container log links left"
+  ! find /var/log/containers -maxdepth 1 -lname '/tmp/ecr-testenv.*' 2>/dev/null | grep >/dev/null . || fail "container log links left"
   ! compgen -G '/run/containerd/s/*' >/dev/null || fail "shim sockets left in /run/containerd/s"
 }
 
@@ -80,7 +82,7 @@ spec:
 YAML
 kubectl wait --for=jsonpath='{.status.phase}'=Running pod/hostport -n selftest --timeout=120s >/dev/null ||
   fail "hostport pod not Running"
-iptables-save -t nat | grep -q 'CNI-HOSTPORT-DNAT' || fail "no portmap chain for the hostPort"
+iptables-save -t nat | grep >/dev/null 'CNI-HOSTPORT-DNAT' || fail "no portmap chain for the hostPort"
 pass "hostPort pod Running, portmap rules in place"
 
 # A Deployment: controller-manager -> ReplicaSet -> Pod, scheduled, with a mounted token.
@@ -93,8 +95,8 @@ pass "deployment rolled out (2 replicas)"
 # The pod's network namespace, found through its sandbox: the kubernetes Service by IP.
 sandbox_pid=""
 for c in $(ctr containers ls -q); do
-  if ctr containers info "$c" 2>/dev/null | grep -q '"io.kubernetes.pod.name": "pause"'; then
-    if ctr containers info "$c" | grep -q '"io.cri-containerd.kind": "sandbox"'; then
+  if ctr containers info "$c" 2>/dev/null | grep >/dev/null '"io.kubernetes.pod.name": "pause"'; then
+    if ctr containers info "$c" | grep >/dev/null '"io.cri-containerd.kind": "sandbox"'; then
       sandbox_pid=$(ctr tasks ls | awk -v c="$c" '$1 == c { print $2 }')
     fi
   fi
@@ -103,7 +105,7 @@ done
 readyz=$(nsenter --target "$sandbox_pid" --net curl -fsS --max-time 5 --cacert "$dir/pki/ca.crt" https://10.0.0.1:443/readyz) ||
   fail "curl https://10.0.0.1/readyz in the pod's network namespace failed"
 [[ $readyz == ok ]] || fail "/readyz through the Service said $readyz"
-if nsenter --target "$sandbox_pid" --net ip route | grep -q '^default'; then
+if nsenter --target "$sandbox_pid" --net ip route | grep >/dev/null '^default'; then
   fail "the pod has a default route: $(nsenter --target "$sandbox_pid" --net ip route)"
 fi
 nsenter --target "$sandbox_pid" --net curl -fsS --max-time 5 "$AWS_ENDPOINT_URL_ECR/_emulator/health" >/dev/null ||
@@ -111,11 +113,11 @@ nsenter --target "$sandbox_pid" --net curl -fsS --max-time 5 "$AWS_ENDPOINT_URL_
 pass "pod reaches https://10.0.0.1/readyz through kube-proxy and the ECR emulator, and has no default route"
 
 tests/testenv.sh import-image "$(ls ~/.cache/ecr-pull-secrets/pause-*/pause.tar | head -n1)"
-ctr images ls -q | grep -qxF "$TESTENV_PAUSE_IMAGE" || fail "import-image: $TESTENV_PAUSE_IMAGE not listed"
+ctr images ls -q | grep >/dev/null -xF "$TESTENV_PAUSE_IMAGE" || fail "import-image: $TESTENV_PAUSE_IMAGE not listed"
 pass "import-image"
 
 # Nothing looked a name up in DNS (the only DNS server here is off the machine).
-if grep -H 'dial tcp: lookup' "$dir"/*.log | head -3 | grep .; then fail "a component looked a name up in DNS"; fi
+if lookups=$(grep -H 'dial tcp: lookup' "$dir"/*.log); then fail "a component looked a name up in DNS: $(head -3 <<<"$lookups")"; fi
 pass "no component looked a name up in DNS"
 
 pids=$(awk '{print $2}' "$dir/pids")

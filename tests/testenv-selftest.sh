@@ -25,7 +25,7 @@ fi
 tests/testenv.sh down "$dir"
 [[ ! -d $dir ]] || fail "$dir still exists after down"
 for pid in $pids; do
-  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$dir"; then
+  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep >/dev/null -F "$dir"; then
     fail "process $pid of the testenv still runs after down"
   fi
 done

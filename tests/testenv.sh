@@ -465,7 +465,7 @@ EOF
 advertise_address() {
   local ip=""
   if command -v ip >/dev/null; then
-    ip=$(ip -4 -o addr show scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')
+    ip=$(ip -4 -o addr show scope global 2>/dev/null | awk '!done {split($4, a, "/"); print a[1]; done = 1}')
   fi
   if [[ -z $ip ]] && command -v hostname >/dev/null; then
     ip=$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' | grep -v '^127\.' | head -n1 || true)
@@ -843,7 +843,7 @@ abandoned() {
     [[ -f $dir/$f ]] || continue
     pid=$(cat "$dir/$f")
     [[ $pid =~ ^[0-9]+$ ]] || return 0
-    if ! { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF testenv.sh; then return 0; fi
+    if ! { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep >/dev/null -F testenv.sh; then return 0; fi
   done
   return 1
 }
@@ -1311,7 +1311,7 @@ node_iptables_clean() {
         grep -E "^-A CNI-DN-[^ ]+ .*--to-destination ${POD_CIDR%.*}\\." <<<"$rules" | awk '{ print $2 }')
       # portmap's shared chains are ours to remove when only our rules use them
       if grep -q '^:CNI-HOSTPORT-DNAT' <<<"$rules" &&
-        ! grep -E '^-A CNI-HOSTPORT-DNAT ' <<<"$rules" | grep -vq 'name: \\"ecrtest\\"'; then
+        ! grep -E '^-A CNI-HOSTPORT-DNAT ' <<<"$rules" | grep >/dev/null -v 'name: \\"ecrtest\\"'; then
         while IFS= read -r chain; do ours[$chain]=1; done < <(awk '/^:CNI-HOSTPORT-/ { print substr($1, 2) }' <<<"$rules")
       fi
       ((${#ours[@]} > 0)) || continue
@@ -1337,7 +1337,7 @@ node_iptables_clean() {
 belongs() {
   local pid=$1 dir=$2
   [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"
+  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep >/dev/null -F -- "$dir"
 }
 
 # stop_pid PID DIR: TERM, then KILL after STOP_TIMEOUT
