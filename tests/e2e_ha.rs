@@ -523,6 +523,120 @@ async fn readyz_fails_after_sigterm() {
     );
 }
 
+/// A new leader adopts the still-valid token the previous one wrote instead of fetching its own
+/// and rewriting every namespace: after a SIGKILL failover and after a restart of a single
+/// replica (while AWS fails), it makes no AWS call and writes only the namespace created
+/// meanwhile, which it serves within the lease duration + 2 s.
+#[tokio::test]
+async fn a_takeover_adopts_the_written_token_without_aws_calls_or_rewrites() {
+    let Some(env) = testenv() else { return };
+    let client = client().await;
+    let p = unique("adopt");
+    let names: Vec<String> = (0..20).map(|i| format!("{p}-{i}")).collect();
+    for ns in &names {
+        create_namespace(&client, ns).await;
+    }
+    let secret = format!("pull-{p}");
+    let lease = format!("lease-{p}");
+    let targets = format!("{p}-*");
+    let args = [
+        "--secret-name",
+        secret.as_str(),
+        "--target-namespaces",
+        &targets,
+        "--lease-name",
+        &lease,
+    ];
+    let recorder = Recorder::start(&client, &secret);
+    let first = Replica::start(&env, &format!("{p}-a"), &args, &[]).await;
+    let token = eventually(
+        "every namespace written and recorded",
+        Duration::from_secs(30),
+        || async {
+            let seen = recorder.snapshot();
+            let tokens: std::collections::BTreeSet<String> = names
+                .iter()
+                .map(|ns| {
+                    seen.iter()
+                        .rfind(|o| o.namespace == *ns)
+                        .map(|o| o.secret.password.clone())
+                })
+                .collect::<Option<_>>()?;
+            (tokens.len() == 1).then(|| tokens.into_iter().next().unwrap())
+        },
+    )
+    .await;
+    let second = Replica::start(&env, &format!("{p}-b"), &args, &[]).await;
+
+    // Failover: SIGKILL, then a namespace the new leader must serve.
+    let taken = |replica: &Replica, at: SystemTime, late: &str| {
+        let rewritten: Vec<String> = recorder
+            .snapshot()
+            .into_iter()
+            .filter(|o| o.at > at && o.namespace != late)
+            .map(|o| o.namespace)
+            .collect();
+        assert!(
+            rewritten.is_empty(),
+            "{} rewrote {rewritten:?} at takeover; log:\n{}",
+            replica.identity,
+            replica.process.log_text()
+        );
+    };
+    drop(first);
+    let killed = SystemTime::now();
+    let started = Instant::now();
+    let late = format!("{p}-late");
+    create_namespace(&client, &late).await;
+    let served = eventually(
+        "the new leader serving the namespace created after the kill (lease + 2 s)",
+        Duration::from_secs(17),
+        || async { get_secret(&client, &late, &secret).await },
+    )
+    .await;
+    eprintln!(
+        "figure: SIGKILL takeover served a new namespace in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(decode(&served).password, token, "the adopted token");
+    let calls = "ecr_pull_secrets_aws_get_authorization_token_calls_total";
+    let adopted = "ecr_pull_secrets_tokens_adopted_total";
+    assert_eq!(second.metric(calls).await.unwrap_or(0.0), 0.0, "AWS calls");
+    assert_eq!(second.metric(adopted).await, Some(1.0), "tokens adopted");
+    taken(&second, killed, &late);
+
+    // A restart of a single replica, during an AWS outage: SIGTERM hands the lease back, a new
+    // process takes it and serves a new namespace with the adopted token.
+    let mut second = second;
+    assert_eq!(second.process.terminate(Duration::from_secs(10)), Some(0));
+    struct Recover<'a>(&'a TestEnv);
+    impl Drop for Recover<'_> {
+        fn drop(&mut self) {
+            self.0.set_emulator(&serde_json::json!({}));
+        }
+    }
+    env.set_emulator(&serde_json::json!({ "fail": "5xx" }));
+    let _recover = Recover(&env);
+    let restarted = SystemTime::now();
+    let third = Replica::start(&env, &format!("{p}-c"), &args, &[]).await;
+    let again = format!("{p}-again");
+    create_namespace(&client, &again).await;
+    let served = eventually(
+        "the restarted replica serving a new namespace",
+        Duration::from_secs(17),
+        || async { get_secret(&client, &again, &secret).await },
+    )
+    .await;
+    assert_eq!(decode(&served).password, token, "the adopted token");
+    assert_eq!(third.metric(calls).await.unwrap_or(0.0), 0.0, "AWS calls");
+    assert_eq!(third.metric(adopted).await, Some(1.0), "tokens adopted");
+    taken(&third, restarted, &again);
+    drop(third);
+    let mut all = names;
+    all.extend([late, again]);
+    delete_namespaces(&client, &all).await;
+}
+
 /// A leader paused (SIGSTOP) past its lease in the middle of writing (new namespaces queued
 /// behind a slow write limiter), resumed after another replica took over and wrote every
 /// namespace: the writes it had queued must not go out with its older token. The fence checked
@@ -572,7 +686,12 @@ async fn a_leader_paused_past_its_lease_writes_nothing_on_resume() {
         },
     )
     .await;
-    let follower = Replica::start(&env, &format!("{p}-b"), &common, &[]).await;
+    // The follower fetches with another role: a follower with the same identity adopts the
+    // written token (`a_takeover_adopts_the_written_token...`), and stale writes of the same
+    // token could not be told from its own.
+    let mut other_identity = common.to_vec();
+    other_identity.extend(["--role-arn", "arn:aws:iam::123456789012:role/ecr-puller"]);
+    let follower = Replica::start(&env, &format!("{p}-b"), &other_identity, &[]).await;
     let late: Vec<String> = (0..30).map(|i| format!("{p}-late-{i}")).collect();
     for ns in &late {
         create_namespace(&client, ns).await;

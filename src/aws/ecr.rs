@@ -1,9 +1,10 @@
 //! Fetching ECR tokens from AWS and the refresh loop that keeps the last good token while AWS
 //! fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
@@ -173,27 +174,127 @@ impl TokenSource for EcrPublicTokenSource {
     }
 }
 
-/// Keeps one region's token fresh: fetch, publish, sleep until the refresh time; on failure back
-/// off while the last good token stays published. Runs until dropped.
+/// Longest wait of the renderer for identities still fetching in a round: longer than one
+/// fetch may take (connect 5 s + operation 30 s), so it only matters if a fetch hangs.
+const ROUND_SETTLE_MAX: Duration = Duration::from_secs(40);
+
+/// Where the identities of one pipeline are in their refresh: when one is due, every identity
+/// holding a good token refreshes with it, and the config is rendered once, after all of them
+/// answered. So each namespace is written once per refresh cycle whatever the number of
+/// identities; a token is only ever refreshed earlier than the policy says, never later.
+#[derive(Debug, Default)]
+struct RoundState {
+    generation: u64,
+    /// Fetching in the current round (or their first token): the renderer waits for them.
+    pending: BTreeSet<String>,
+    /// Holding a good token until their refresh time or the next round.
+    waiting: BTreeSet<String>,
+}
+
+/// A pipeline's shared refresh round (see [`RoundState`]).
+#[derive(Clone)]
+pub(crate) struct Round(Arc<watch::Sender<RoundState>>);
+
+impl Round {
+    /// Every identity starts pending: the first config has all their tokens.
+    pub(crate) fn new(identities: impl IntoIterator<Item = String>) -> Round {
+        let state = RoundState {
+            generation: 0,
+            pending: identities.into_iter().collect(),
+            waiting: BTreeSet::new(),
+        };
+        Round(Arc::new(watch::Sender::new(state)))
+    }
+
+    /// `identity` published its token: it waits `wait` for its refresh time, or less when a
+    /// sibling's refresh time comes first; then it is pending in that round.
+    async fn wait(&self, identity: &str, wait: Duration) {
+        let mut generation = 0;
+        self.0.send_modify(|s| {
+            s.pending.remove(identity);
+            s.waiting.insert(identity.to_string());
+            generation = s.generation;
+        });
+        let mut state = self.0.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => self.0.send_modify(|s| {
+                s.generation += 1;
+                let waiting = std::mem::take(&mut s.waiting);
+                s.pending.extend(waiting);
+            }),
+            _ = state.wait_for(|s| s.generation != generation) => {}
+        }
+    }
+
+    /// `identity`'s fetch failed: the round goes on without it (it retries on its own).
+    fn failed(&self, identity: &str) {
+        self.0.send_if_modified(|s| s.pending.remove(identity));
+    }
+
+    /// Until no identity of the current round is still fetching (at most [`ROUND_SETTLE_MAX`]).
+    pub(crate) async fn settled(&self) {
+        let mut state = self.0.subscribe();
+        let _ =
+            tokio::time::timeout(ROUND_SETTLE_MAX, state.wait_for(|s| s.pending.is_empty())).await;
+    }
+}
+
+/// Keeps one region's token fresh: fetch, publish, sleep until the refresh time (or the round
+/// of a sibling identity, see [`Round`]); on failure back off while the last good token stays
+/// published. `adopted`, a token the previous leader wrote, is published and kept until its
+/// refresh time instead of fetching. Runs until dropped.
 pub(crate) async fn keep_fresh<S: TokenSource>(
     source: S,
+    round: Round,
+    adopted: Option<Token>,
     policy: RefreshPolicy,
     backoff: Backoff,
     publish: watch::Sender<BTreeMap<String, Token>>,
     metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 ) {
-    keep_fresh_by(source, policy, backoff, publish, metrics, SystemTime::now).await
+    keep_fresh_by(
+        source,
+        round,
+        adopted,
+        policy,
+        backoff,
+        publish,
+        metrics,
+        SystemTime::now,
+    )
+    .await
 }
 
 /// [`keep_fresh`] on the clock `now` (tests drive it from tokio's paused time).
 async fn keep_fresh_by<S: TokenSource>(
     source: S,
+    round: Round,
+    adopted: Option<Token>,
     policy: RefreshPolicy,
     backoff: Backoff,
     publish: watch::Sender<BTreeMap<String, Token>>,
     metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     now: impl Fn() -> SystemTime,
 ) {
+    if let Some(token) = adopted {
+        let refresh_at = policy.refresh_at(&token, rand::random());
+        // Due already: fetch now, as the previous leader would have.
+        if let Ok(wait) = refresh_at.duration_since(now()) {
+            metrics.token_adopted(source.identity(), token.fetched_at, token.expires_at);
+            tracing::info!(
+                identity = source.identity(),
+                registry = token.registry,
+                fetched_at = %crate::core::time::rfc3339(token.fetched_at),
+                expires_at = %crate::core::time::rfc3339(token.expires_at),
+                refresh_in_seconds = wait.as_secs(),
+                "adopted the ECR token the previous leader wrote"
+            );
+            publish.send_modify(|tokens| {
+                tokens.insert(source.identity().to_string(), token);
+            });
+            round.wait(source.identity(), wait).await;
+        }
+    }
     let mut attempt = 0u32;
     loop {
         match source.fetch().await {
@@ -213,9 +314,10 @@ async fn keep_fresh_by<S: TokenSource>(
                 publish.send_modify(|tokens| {
                     tokens.insert(source.identity().to_string(), token);
                 });
-                tokio::time::sleep(wait).await;
+                round.wait(source.identity(), wait).await;
             }
             Err(err) => {
+                round.failed(source.identity());
                 metrics.aws_call(source.identity(), err.class.as_str());
                 metrics.token_fetch_failed(source.identity(), err.class.as_str(), &err.to_string());
                 let last_expiry = publish
@@ -313,7 +415,15 @@ mod tests {
             max_interval: None,
         };
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
-        let task = tokio::spawn(keep_fresh(source, policy, Backoff::default(), tx, metrics));
+        let task = tokio::spawn(keep_fresh(
+            source,
+            Round::new(["us-east-1".to_string()]),
+            None,
+            policy,
+            Backoff::default(),
+            tx,
+            metrics,
+        ));
 
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow()["us-east-1"].password(), "one");
@@ -394,6 +504,15 @@ mod tests {
 
     /// Runs keep_fresh on `source` until it has published `tokens` tokens; returns the calls.
     async fn run_until_published(source: Outages, tokens: usize) -> Vec<(f64, bool)> {
+        run_adopting(source, None, tokens).await
+    }
+
+    /// [`run_until_published`], starting from an adopted token.
+    async fn run_adopting(
+        source: Outages,
+        adopted: Option<Token>,
+        tokens: usize,
+    ) -> Vec<(f64, bool)> {
         let calls = source.calls.clone();
         let clock = source.clock;
         let (tx, mut rx) = watch::channel(BTreeMap::new());
@@ -406,6 +525,8 @@ mod tests {
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
         let task = tokio::spawn(keep_fresh_by(
             source,
+            Round::new(["us-east-1".to_string()]),
+            adopted,
             policy,
             Backoff::default(),
             tx,
@@ -422,6 +543,163 @@ mod tests {
         .expect("the tokens were published");
         task.abort();
         calls.lock().unwrap().clone()
+    }
+
+    /// A region whose fetches fail from `fail_from` seconds on.
+    struct Region {
+        name: &'static str,
+        clock: Clock,
+        ttl: Duration,
+        fail_from: f64,
+        calls: Arc<Mutex<Vec<(&'static str, f64)>>>,
+    }
+
+    impl TokenSource for Region {
+        fn identity(&self) -> &str {
+            self.name
+        }
+        async fn fetch(&self) -> Result<Token, FetchError> {
+            let at = self.clock.secs();
+            self.calls.lock().unwrap().push((self.name, at));
+            if at >= self.fail_from {
+                return Err(throttled());
+            }
+            Ok(token_at(self.name, "p", self.clock.now(), self.ttl))
+        }
+    }
+
+    /// Three regions with different token lifetimes (refresh every 200, 300 and 500 s) for
+    /// `seconds` of virtual time, rendered as `render_on_change` does: the token maps rendered
+    /// and the calls made.
+    async fn three_regions(
+        seconds: u64,
+        fail_from: f64,
+    ) -> (Vec<BTreeMap<String, Token>>, Vec<(&'static str, f64)>) {
+        let clock = Clock::start();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let regions = [("us-east-1", 400), ("eu-west-1", 600), ("ap-south-1", 1000)];
+        let round = Round::new(regions.iter().map(|(r, _)| r.to_string()));
+        let (tx, mut rx) = watch::channel(BTreeMap::new());
+        let policy = RefreshPolicy {
+            margin: Duration::ZERO,
+            fraction: 0.5,
+            jitter: 0.0,
+            max_interval: None,
+        };
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+        let mut tasks = Vec::new();
+        for (name, ttl) in regions {
+            let source = Region {
+                name,
+                clock,
+                ttl: Duration::from_secs(ttl),
+                fail_from: if name == "eu-west-1" {
+                    fail_from
+                } else {
+                    f64::MAX
+                },
+                calls: calls.clone(),
+            };
+            tasks.push(tokio::spawn(keep_fresh_by(
+                source,
+                round.clone(),
+                None,
+                policy,
+                Backoff::default(),
+                tx.clone(),
+                metrics.clone(),
+                move || clock.now(),
+            )));
+        }
+        let mut rendered = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(seconds), async {
+            while rx.changed().await.is_ok() {
+                round.settled().await;
+                rendered.push(rx.borrow_and_update().clone());
+            }
+        })
+        .await;
+        for task in tasks {
+            task.abort();
+        }
+        let calls = calls.lock().unwrap().clone();
+        (rendered, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identities_refresh_together_and_the_config_is_rendered_once_per_round() {
+        let (rendered, calls) = three_regions(3_000, f64::MAX).await;
+        // One render per round of 200 s (the shortest refresh interval), each with three
+        // tokens fetched in the same second: one write per namespace per cycle.
+        assert!(
+            (15..=16).contains(&rendered.len()),
+            "{} renders",
+            rendered.len()
+        );
+        for tokens in &rendered {
+            assert_eq!(tokens.len(), 3);
+            let fetched: Vec<SystemTime> = tokens.values().map(|t| t.fetched_at).collect();
+            let spread = fetched
+                .iter()
+                .max()
+                .unwrap()
+                .duration_since(*fetched.iter().min().unwrap());
+            assert!(spread.unwrap() < Duration::from_secs(1), "{tokens:?}");
+        }
+        // Never later than each token's own refresh time: earlier is allowed.
+        for (name, every) in [
+            ("us-east-1", 200.0),
+            ("eu-west-1", 300.0),
+            ("ap-south-1", 500.0),
+        ] {
+            let at: Vec<f64> = calls.iter().filter(|c| c.0 == name).map(|c| c.1).collect();
+            assert!(
+                at.windows(2).all(|w| w[1] - w[0] <= every + 0.5),
+                "{name}: {at:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_identity_does_not_hold_the_round_back() {
+        // eu-west-1 fails from the second round on: the others are rendered without waiting.
+        let (rendered, calls) = three_regions(450, 100.0).await;
+        let second_round = calls.iter().find(|c| c.1 > 100.0).unwrap().1;
+        assert!((second_round - 200.0).abs() < 0.5, "{calls:?}");
+        let last = rendered.last().unwrap();
+        assert!(
+            last["us-east-1"].fetched_at > last["eu-west-1"].fetched_at,
+            "{last:?}"
+        );
+        assert_eq!(
+            rendered.len(),
+            3,
+            "the first token set and two rounds: {rendered:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_token_is_kept_until_its_refresh_time_and_a_due_one_is_fetched_at_once() {
+        let source = |clock| Outages {
+            clock,
+            ttl: Duration::from_secs(400),
+            outages: Vec::new(),
+            calls: Arc::default(),
+        };
+        // Fetched 100 s ago, lives 400 s, refreshed at half its life: the first call is at 100 s.
+        let clock = Clock::start();
+        let fetched = clock.now() - Duration::from_secs(100);
+        let valid = token_at("us-east-1", "old", fetched, Duration::from_secs(400));
+        let calls = run_adopting(source(clock), Some(valid), 2).await;
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!((calls[0].0 - 100.0).abs() < 0.5, "{calls:?}");
+        // Fetched 300 s ago: past its refresh time, so it is fetched at once.
+        let clock = Clock::start();
+        let fetched = clock.now() - Duration::from_secs(300);
+        let due = token_at("us-east-1", "old", fetched, Duration::from_secs(400));
+        let calls = run_adopting(source(clock), Some(due), 1).await;
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(calls[0].0 < 0.5, "{calls:?}");
     }
 
     #[tokio::test(start_paused = true)]

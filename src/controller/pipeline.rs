@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -21,12 +21,15 @@ use crate::Error;
 use crate::aws::ecr::{self, EcrPublicTokenSource, EcrTokenSource};
 use crate::controller::AbortOnDrop;
 use crate::controller::reconcile::{self, Context, WriteLimiter, WrittenLog};
+use crate::core::adopt;
 use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::{Exponential, Gate};
+use crate::core::meta::{MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL};
 use crate::core::pipeline::PipelineConfig;
 use crate::core::registry::RegistryHost;
 use crate::core::render::{self, Rendered};
-use crate::core::token::{Backoff, Token};
+use crate::core::token::{Backoff, ECR_PUBLIC, Token};
+use crate::k8s::client::call;
 use crate::k8s::events::Events;
 use crate::k8s::leader::Fence;
 use crate::k8s::namespaces::{NamespaceEvent, Namespaces};
@@ -140,13 +143,18 @@ async fn start_tokens(
         resource = config.owner.as_deref().unwrap_or("none (flags)"),
         "starting"
     );
+    let credentials = adopt::credentials_tag(&config.identity);
+    let mut adopted = adopt_tokens(config, env, &credentials).await;
     let (tokens_tx, tokens_rx) = watch::channel(BTreeMap::new());
+    let round = ecr::Round::new(config.identities());
     for region in &regions {
         let source = EcrTokenSource::new(&sdk_config, region);
         // In the caller's span: a resource's name on its token log lines.
         tasks.spawn(
             ecr::keep_fresh(
                 source,
+                round.clone(),
+                adopted.remove(region),
                 config.refresh,
                 Backoff::default(),
                 tokens_tx.clone(),
@@ -159,6 +167,8 @@ async fn start_tokens(
         tasks.spawn(
             ecr::keep_fresh(
                 EcrPublicTokenSource::new(&sdk_config),
+                round.clone(),
+                adopted.remove(ECR_PUBLIC),
                 config.refresh,
                 Backoff::default(),
                 tokens_tx.clone(),
@@ -170,10 +180,77 @@ async fn start_tokens(
     let (desired_tx, desired_rx) = watch::channel(None);
     tasks.spawn(render_on_change(
         tokens_rx,
+        round,
         config.registries.clone(),
+        credentials,
         desired_tx,
     ));
     Ok(desired_rx)
+}
+
+/// The still-valid tokens a previous leader wrote into our Secrets, per identity (see
+/// `core::adopt`): one list request of at most [`adopt::SAMPLE`] Secrets. Anything not adopted
+/// is fetched; a failed list only costs the takeover its AWS calls and rewrites.
+async fn adopt_tokens(
+    config: &PipelineConfig,
+    env: &Env,
+    credentials: &str,
+) -> BTreeMap<String, Token> {
+    let api: Api<Secret> = Api::all(env.client.clone());
+    let owner = match &config.owner {
+        Some(owner) => format!("{OWNER_LABEL}={owner}"),
+        None => format!("!{OWNER_LABEL}"),
+    };
+    let params = ListParams::default()
+        .fields(&format!("metadata.name={}", config.secret_name))
+        .labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE},{owner}"))
+        .limit(adopt::SAMPLE);
+    let listed = call(
+        || {
+            format!(
+                "listing Secrets {} to adopt their tokens",
+                config.secret_name
+            )
+        },
+        env.api_timeout,
+        "",
+        api.list(&params),
+    )
+    .await;
+    let identities = config.identities();
+    let result = listed.map_err(|e| e.to_string()).and_then(|list| {
+        adopt::adopt(
+            &list.items,
+            config.owner.as_deref(),
+            credentials,
+            &identities,
+            SystemTime::now(),
+        )
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(tokens) => {
+            let missing: Vec<&str> = identities
+                .iter()
+                .filter(|i| !tokens.contains_key(*i))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                tracing::info!(
+                    fetching = missing.join(","),
+                    "no valid written token to adopt for these identities; fetching them"
+                );
+            }
+            tokens
+        }
+        Err(reason) => {
+            tracing::info!(
+                reason,
+                "fetching new tokens instead of adopting written ones"
+            );
+            BTreeMap::new()
+        }
+    }
 }
 
 /// Metadata of our Secrets only, selected by name server-side: the controller never sees
@@ -489,16 +566,21 @@ async fn verify_secrets(ctx: &Context) {
     }
 }
 
-/// Renders the docker config whenever a token changes; publishes only valid, changed configs.
+/// Renders the docker config when the tokens change, once per refresh round (after every
+/// identity of the round answered); publishes only valid, changed configs.
 async fn render_on_change(
     mut tokens: watch::Receiver<BTreeMap<String, Token>>,
+    round: ecr::Round,
     hosts: Vec<RegistryHost>,
+    credentials: String,
     desired: watch::Sender<Option<Arc<Rendered>>>,
 ) {
     while tokens.changed().await.is_ok() {
+        round.settled().await;
         let result = render::render(&tokens.borrow_and_update(), &hosts);
         match result {
-            Ok(rendered) => {
+            Ok(mut rendered) => {
+                rendered.credentials = credentials.clone();
                 desired.send_if_modified(|current| {
                     let changed =
                         current.as_ref().map(|c| &c.fingerprint) != Some(&rendered.fingerprint);

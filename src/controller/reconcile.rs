@@ -23,9 +23,9 @@ use crate::Error;
 use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::Gate;
 use crate::core::meta::{
-    DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_ANNOTATION, FIELD_MANAGER,
-    FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL, REGISTRIES_ANNOTATION, ours,
-    owner_labels,
+    CREDENTIALS_ANNOTATION, DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_ANNOTATION,
+    FIELD_MANAGER, FINGERPRINT_ANNOTATION, ISSUED_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
+    OWNER_LABEL, REGISTRIES_ANNOTATION, ours, owner_labels,
 };
 use crate::core::render::{Rendered, fingerprint};
 use crate::core::selection::{Decision, Selection};
@@ -140,6 +140,11 @@ pub fn desired_secret(
                 ),
                 (EXPIRES_ANNOTATION.to_string(), rfc3339(rendered.expires_at)),
                 (REGISTRIES_ANNOTATION.to_string(), rendered.hosts.join(",")),
+                (ISSUED_ANNOTATION.to_string(), rendered.issued.clone()),
+                (
+                    CREDENTIALS_ANNOTATION.to_string(),
+                    rendered.credentials.clone(),
+                ),
             ])),
             ..ObjectMeta::default()
         },

@@ -21,6 +21,10 @@ pub const MANAGED_VALUE: &str = "ecr-pull-secrets";
 pub const FINGERPRINT_ANNOTATION: &str = "ecr-pull-secrets.io/fingerprint";
 pub(crate) const EXPIRES_ANNOTATION: &str = "ecr-pull-secrets.io/expires-at";
 pub(crate) const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
+/// When each token in the config was fetched and expires: what a new leader needs to adopt them.
+pub(crate) const ISSUED_ANNOTATION: &str = "ecr-pull-secrets.io/issued";
+/// A one-way tag of the credentials and role that fetched the tokens (`core::adopt`).
+pub(crate) const CREDENTIALS_ANNOTATION: &str = "ecr-pull-secrets.io/credentials";
 pub(crate) const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub(crate) const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 

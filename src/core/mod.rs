@@ -1,6 +1,7 @@
 //! Pure logic, no I/O: what a pipeline is configured to do, tokens as values, the rendered
 //! docker config, namespace selection, what marks a Secret as ours, backoff arithmetic.
 
+pub(crate) mod adopt;
 pub mod api_failure;
 pub mod backoff;
 pub mod crd;

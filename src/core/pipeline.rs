@@ -158,6 +158,15 @@ impl PipelineConfig {
         regions
     }
 
+    /// Every identity with a token of its own: the regions, and ECR Public when enabled.
+    pub(crate) fn identities(&self) -> Vec<String> {
+        let mut identities = self.regions();
+        if self.ecr_public {
+            identities.push(crate::core::token::ECR_PUBLIC.to_string());
+        }
+        identities
+    }
+
     /// The region of STS (assume role): the region, else the first registry's, else us-east-1
     /// (ECR Public only). Each ECR client sets its own region.
     pub(crate) fn sts_region(&self) -> String {

@@ -25,6 +25,12 @@ pub struct Rendered {
     pub(crate) hosts: Vec<String>,
     /// The earliest expiry among the tokens used.
     pub(crate) expires_at: SystemTime,
+    /// When each token was fetched and expires (`identity=<fetched>/<expires>,...`, RFC 3339):
+    /// a new leader adopts the tokens from a Secret that carries this (`core::adopt`).
+    pub(crate) issued: String,
+    /// Tag of the AWS identity that fetched the tokens (`core::adopt::credentials_tag`); set by
+    /// the pipeline, not part of the fingerprint.
+    pub(crate) credentials: String,
 }
 
 impl fmt::Debug for Rendered {
@@ -95,12 +101,38 @@ pub fn render(
     let hosts = auths.keys().cloned().collect();
     let config = serde_json::to_vec(&DockerConfig { auths }).expect("plain strings serialize");
     validate(&config)?;
+    let issued = tokens
+        .values()
+        .map(|t| {
+            format!(
+                "{}={}/{}",
+                t.identity,
+                rfc3339(t.fetched_at),
+                rfc3339(t.expires_at)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     Ok(Rendered {
         fingerprint: fingerprint(&config),
         config,
         hosts,
         expires_at,
+        issued,
+        credentials: String::new(),
     })
+}
+
+/// The `auth` of each registry host in a docker config we wrote, after [`validate`].
+pub(crate) fn auths(config: &[u8]) -> Result<BTreeMap<String, String>, RenderError> {
+    validate(config)?;
+    let parsed: DockerConfig = serde_json::from_slice(config)
+        .map_err(|_| RenderError::Invalid("not a docker config JSON object"))?;
+    Ok(parsed
+        .auths
+        .into_iter()
+        .map(|(host, entry)| (host, entry.auth))
+        .collect())
 }
 
 /// Checks what kubelet will read: at least one registry; every entry with user `AWS`, a

@@ -91,6 +91,7 @@ struct Families {
     leadership_transitions: Counter,
     token_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
     aws_calls: Family<AwsCallLabels, Counter>,
+    tokens_adopted: Family<IdentityLabels, Counter>,
     writes: Family<WriteLabels, Counter>,
     last_refresh: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
     refresh_failures: Family<FailureLabels, Counter>,
@@ -145,6 +146,12 @@ impl Metrics {
             "aws_get_authorization_token_calls",
             "GetAuthorizationToken calls by identity and outcome",
             aws_calls.clone(),
+        );
+        let tokens_adopted = Family::<IdentityLabels, Counter>::default();
+        registry.register(
+            "tokens_adopted",
+            "Tokens taken over from the pull secrets a previous leader wrote (still valid, same credentials) instead of fetched, per identity",
+            tokens_adopted.clone(),
         );
         let namespaces = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -223,6 +230,7 @@ impl Metrics {
             leadership_transitions,
             token_expiry,
             aws_calls,
+            tokens_adopted,
             writes,
             last_refresh,
             refresh_failures,
@@ -329,6 +337,7 @@ impl Metrics {
             f.token_expiry.remove(&labels);
             f.last_refresh.remove(&labels);
             f.consecutive_failures.remove(&labels);
+            f.tokens_adopted.remove(&labels);
             for class in ["transient", "configuration"] {
                 f.refresh_failures.remove(&FailureLabels {
                     identity: identity.clone(),
@@ -367,6 +376,30 @@ impl Metrics {
         f.last_refresh.get_or_create(&labels).set(unix_seconds(now));
         f.consecutive_failures.get_or_create(&labels).set(0);
         self.observed.token_fetched(identity, expires_at, now);
+    }
+
+    /// A token taken over from the Secrets a previous leader wrote: the expiry and the time
+    /// it was really fetched, as if this replica had fetched it then.
+    pub fn token_adopted(
+        &self,
+        identity: &str,
+        fetched_at: std::time::SystemTime,
+        expires_at: std::time::SystemTime,
+    ) {
+        let labels = IdentityLabels {
+            identity: self.identity(identity),
+        };
+        let f = &self.families;
+        f.token_expiry
+            .get_or_create(&labels)
+            .set(unix_seconds(expires_at));
+        f.last_refresh
+            .get_or_create(&labels)
+            .set(unix_seconds(fetched_at));
+        f.consecutive_failures.get_or_create(&labels).set(0);
+        f.tokens_adopted.get_or_create(&labels).inc();
+        self.observed
+            .token_fetched(identity, expires_at, fetched_at);
     }
 
     /// A failed fetch of class `class` (`transient` or `configuration`); `message` says why
