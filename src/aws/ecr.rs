@@ -266,6 +266,8 @@ pub(crate) async fn keep_fresh<S: TokenSource>(
 }
 
 /// [`keep_fresh`] on the clock `now` (tests drive it from tokio's paused time).
+// keep_fresh's seven arguments plus the clock: a struct would exist only for this seam.
+#[allow(clippy::too_many_arguments)]
 async fn keep_fresh_by<S: TokenSource>(
     source: S,
     round: Round,
