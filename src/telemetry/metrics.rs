@@ -365,27 +365,16 @@ impl Metrics {
 
     /// A successful fetch: expiry, refresh time, and the failure streak reset.
     pub fn token_fetched(&self, identity: &str, expires_at: std::time::SystemTime) {
-        let now = std::time::SystemTime::now();
-        let labels = IdentityLabels {
-            identity: self.identity(identity),
-        };
-        let f = &self.families;
-        f.token_expiry
-            .get_or_create(&labels)
-            .set(unix_seconds(expires_at));
-        f.last_refresh.get_or_create(&labels).set(unix_seconds(now));
-        f.consecutive_failures.get_or_create(&labels).set(0);
-        self.observed.token_fetched(identity, expires_at, now);
+        self.token_held(identity, std::time::SystemTime::now(), expires_at);
     }
 
-    /// A token taken over from the Secrets a previous leader wrote: the expiry and the time
-    /// it was really fetched, as if this replica had fetched it then.
-    pub fn token_adopted(
+    /// `identity` holds a token fetched at `fetched_at`: by this replica, or adopted.
+    fn token_held(
         &self,
         identity: &str,
         fetched_at: std::time::SystemTime,
         expires_at: std::time::SystemTime,
-    ) {
+    ) -> IdentityLabels {
         let labels = IdentityLabels {
             identity: self.identity(identity),
         };
@@ -397,9 +386,21 @@ impl Metrics {
             .get_or_create(&labels)
             .set(unix_seconds(fetched_at));
         f.consecutive_failures.get_or_create(&labels).set(0);
-        f.tokens_adopted.get_or_create(&labels).inc();
         self.observed
             .token_fetched(identity, expires_at, fetched_at);
+        labels
+    }
+
+    /// A token taken over from the Secrets a previous leader wrote: the expiry and the time
+    /// it was really fetched, as if this replica had fetched it then.
+    pub fn token_adopted(
+        &self,
+        identity: &str,
+        fetched_at: std::time::SystemTime,
+        expires_at: std::time::SystemTime,
+    ) {
+        let labels = self.token_held(identity, fetched_at, expires_at);
+        self.families.tokens_adopted.get_or_create(&labels).inc();
     }
 
     /// A failed fetch of class `class` (`transient` or `configuration`); `message` says why
