@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ecr_pull_secrets::controller::pipeline::Env;
-use ecr_pull_secrets::controller::reconcile::{Context, Outcome, WriteLimiter, Written};
+use ecr_pull_secrets::controller::reconcile::{Caches, Context, Outcome, WriteLimiter, Written};
 use ecr_pull_secrets::controller::supervisor::report_flags_status;
 use ecr_pull_secrets::core::backoff::{Exponential, Gate};
 use ecr_pull_secrets::core::meta::{
@@ -121,7 +121,7 @@ fn context(world: World) -> (Context, ApiServer) {
         fence: world.fence.unwrap_or_else(Fence::open),
         events: Events::new(client, Some("test".into())),
         metrics: Arc::new(Metrics::new()),
-        caches_ready: watch::channel(true).1,
+        caches_ready: watch::channel(Caches::Verified).1,
     };
     (ctx, handle)
 }

@@ -146,6 +146,7 @@ async fn leader(client: &Client) -> Option<String> {
 /// `kubectl apply -k tests/node` (the shipped base plus the test overlay), then two Ready
 /// replicas and one leader. Returns the seconds until both were Ready.
 async fn deploy_with_kustomize(client: &Client, node: &Node) -> f64 {
+    remove_pull_secrets(client).await;
     import_image();
     let started = Instant::now();
     kubectl(&[
@@ -193,6 +194,33 @@ async fn undeploy(client: &Client) {
                 .ok()?
                 .is_none()
                 .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Removes the pull secrets a previous scenario's controller wrote: a new controller with the
+/// same configuration would adopt their tokens (a takeover), where each scenario means to start
+/// from a fetch with the token lifetime it set. Retried: the admission policy, which refuses
+/// anyone but the controller, may not be gone yet.
+async fn remove_pull_secrets(client: &Client) {
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let ours = ListParams::default()
+        .fields("metadata.name=ecr-pull-secret")
+        .labels("app.kubernetes.io/managed-by=ecr-pull-secrets");
+    eventually(
+        "the pull secrets removed",
+        Duration::from_secs(60),
+        || async {
+            let left = secrets.list_metadata(&ours).await.ok()?;
+            for secret in &left.items {
+                let namespaced: Api<Secret> =
+                    Api::namespaced(client.clone(), secret.metadata.namespace.as_deref()?);
+                let _ = namespaced
+                    .delete("ecr-pull-secret", &DeleteParams::default())
+                    .await;
+            }
+            left.items.is_empty().then_some(())
         },
     )
     .await;
@@ -491,6 +519,7 @@ async fn the_helm_chart_runs_ready_under_the_kubelet() {
     let helm = run(repo().join("tests/testenv.sh").to_str().unwrap(), &["helm"]);
     let helm = helm.trim();
     let started = Instant::now();
+    remove_pull_secrets(&client).await;
     create_namespace(&client, SYSTEM).await;
     put_credentials(
         &client,

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PartialObjectMeta};
-use kube::runtime::controller::{Config as ControllerConfig, Controller, Error as ControllerError};
+use kube::runtime::controller::{
+    Action, Config as ControllerConfig, Controller, Error as ControllerError,
+};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -20,7 +22,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::aws::ecr::{self, EcrPublicTokenSource, EcrTokenSource};
 use crate::controller::AbortOnDrop;
-use crate::controller::reconcile::{self, Context, WriteLimiter, WrittenLog};
+use crate::controller::reconcile::{self, Caches, Context, WriteLimiter, WrittenLog};
 use crate::core::adopt;
 use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::{Exponential, Gate};
@@ -75,7 +77,7 @@ pub async fn lead(
     let desired = start_tokens(config, env, &mut tasks).await?;
     let (secret_cache, written, secret_events) = watch_secrets(config, env);
     let (account_store, account_events) = watch_service_accounts(config, env);
-    let (ready_tx, caches_ready) = watch::channel(false);
+    let (ready_tx, caches_ready) = watch::channel(Caches::Listing);
     let ctx = Arc::new(Context {
         client: env.client.clone(),
         secret_name: config.secret_name.clone(),
@@ -320,12 +322,13 @@ fn in_namespace(metrics: &Metrics, namespace: Option<String>) -> Option<Namespac
     Some(ObjectRef::new(&namespace))
 }
 
-/// Opens the reconciles once every cache has its first full list and our Secrets' data was
-/// checked once (so reconciles trust what matches without a read).
+/// Opens the reconciles of namespaces without our Secret once every cache has its first full
+/// list, and the others once our Secrets' data was checked (so they trust what matches without
+/// a read).
 async fn wait_for_caches(
     ctx: Arc<Context>,
     accounts: Option<Store<ServiceAccount>>,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<Caches>,
 ) {
     ctx.secrets.wait_until_ready().await;
     if let Some(accounts) = accounts
@@ -333,8 +336,9 @@ async fn wait_for_caches(
     {
         return;
     }
+    ready.send_replace(Caches::Listed);
     verify_secrets(&ctx).await;
-    ready.send_replace(true);
+    ready.send_replace(Caches::Verified);
 }
 
 /// The controller's one namespace watch, shared by every pipeline, split into "check this
@@ -353,14 +357,31 @@ fn follow_namespaces(
     let feed = one_tx.clone();
     let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let mut subscription = env.namespaces.subscribe();
+    let store = env.namespaces.store();
     tasks.spawn({
         let ctx = ctx.clone();
         async move {
+            // The fast lane: dropped with this task, so it never outlives the pipeline.
+            let mut fast = JoinSet::new();
             loop {
-                let sent = match subscription.recv().await {
+                let event = tokio::select! {
+                    event = subscription.recv() => event,
+                    Some(_) = fast.join_next() => continue,
+                };
+                let sent = match event {
                     Ok(NamespaceEvent::Applied(name)) => {
                         ctx.metrics.enqueued(&name);
-                        one_tx.send(ObjectRef::new(&name)).is_ok()
+                        match store.get(&ObjectRef::new(&name)) {
+                            Some(ns)
+                                if ctx.secrets.get(&name).is_none() && fast.len() < FAST_LANE =>
+                            {
+                                fast.spawn(
+                                    fast_lane(ns, ctx.clone(), one_tx.clone()).in_current_span(),
+                                );
+                                true
+                            }
+                            _ => one_tx.send(ObjectRef::new(&name)).is_ok(),
+                        }
                     }
                     // Gone: its state (say `failed`) must not outlive it in the metrics.
                     Ok(NamespaceEvent::Deleted { name, uid }) => {
@@ -389,6 +410,28 @@ fn follow_namespaces(
         rx.recv().await.map(|()| ((), rx))
     });
     (feed, one.boxed(), all.boxed())
+}
+
+/// Namespaces reconciled at once outside the controller's queue (see [`fast_lane`]).
+const FAST_LANE: usize = 4;
+
+/// A namespace without our Secret (new, or its Secret deleted) is reconciled at once, not
+/// behind the controller's queue, which may hold a rotation's worth of refreshes; its write is
+/// urgent at the limiter too. Whatever does not end in sync goes to the controller, whose
+/// backoff retries it.
+async fn fast_lane(
+    ns: Arc<PartialObjectMeta<Namespace>>,
+    ctx: Arc<Context>,
+    one: mpsc::UnboundedSender<NamespaceRef>,
+) {
+    let name = ns.name_any();
+    match reconcile::reconcile(ns, ctx.clone()).await {
+        Ok(action) if action == Action::await_change() => {}
+        _ => {
+            ctx.metrics.enqueued(&name);
+            let _ = one.send(ObjectRef::new(&name));
+        }
+    }
 }
 
 /// When every namespace is checked again (from the caches: no writes when in sync): a new

@@ -3,9 +3,11 @@
 //! Decisions are made from metadata-only caches, so a namespace already in sync costs no API call.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
@@ -16,7 +18,7 @@ use kube::api::{
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -37,21 +39,68 @@ use crate::k8s::secret_cache::{CachedSecret, SecretCache};
 use crate::k8s::service_account;
 use crate::telemetry::metrics::Metrics;
 
-/// A process-wide limit on writes (secret applies and deletes, ServiceAccount patches).
-pub struct WriteLimiter(DefaultDirectRateLimiter);
+/// A limit on one pipeline's writes (secret applies and deletes, ServiceAccount patches:
+/// `--write-qps`, `--write-burst`), in two classes. An urgent write (a Secret missing or not
+/// ours to trust, a ServiceAccount entry missing: a pull there fails until it lands) takes the
+/// next free slot before any refresh of a Secret that still works, so a new namespace does not
+/// wait behind a rotation of thousands.
+pub struct WriteLimiter {
+    bucket: DefaultDirectRateLimiter,
+    /// Refreshes take turns here: at most one of them competes with urgent writes for a slot.
+    refresh_turn: tokio::sync::Mutex<()>,
+    /// Urgent writes waiting for a slot; refreshes wait while there are any.
+    urgent: AtomicUsize,
+    urgent_done: Notify,
+}
+
+/// Counts an urgent write out, also when its wait is cancelled.
+struct UrgentDone<'a>(&'a WriteLimiter);
+
+impl Drop for UrgentDone<'_> {
+    fn drop(&mut self) {
+        self.0.urgent.fetch_sub(1, Ordering::SeqCst);
+        self.0.urgent_done.notify_waiters();
+    }
+}
 
 impl WriteLimiter {
     pub fn new(qps: u32, burst: u32) -> WriteLimiter {
         let qps = std::num::NonZeroU32::new(qps.max(1)).expect("non-zero");
         let burst = std::num::NonZeroU32::new(burst.max(1)).expect("non-zero");
-        WriteLimiter(RateLimiter::direct(
-            Quota::per_second(qps).allow_burst(burst),
-        ))
+        WriteLimiter {
+            bucket: RateLimiter::direct(Quota::per_second(qps).allow_burst(burst)),
+            refresh_turn: tokio::sync::Mutex::new(()),
+            urgent: AtomicUsize::new(0),
+            urgent_done: Notify::new(),
+        }
     }
 
-    /// Waits for a write slot.
-    pub async fn acquire(&self) {
-        self.0.until_ready().await;
+    /// Waits for a write slot: an urgent write before every refresh waiting.
+    pub async fn acquire(&self, urgent: bool) {
+        if urgent {
+            self.urgent.fetch_add(1, Ordering::SeqCst);
+            let _done = UrgentDone(self);
+            self.bucket.until_ready().await;
+            return;
+        }
+        let _turn = self.refresh_turn.lock().await;
+        loop {
+            let done = self.urgent_done.notified();
+            tokio::pin!(done);
+            // Registered before the check: a notification in between is not lost.
+            done.as_mut().enable();
+            if self.urgent.load(Ordering::SeqCst) > 0 {
+                done.await;
+                continue;
+            }
+            match self.bucket.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.bucket.clock().now());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 }
 
@@ -98,9 +147,20 @@ pub struct Context {
     pub fence: crate::k8s::leader::Fence,
     pub events: Events,
     pub metrics: Arc<Metrics>,
-    /// True once the Secret (and ServiceAccount) caches have their first full list. A watch
-    /// channel, because `Store::wait_until_ready` wakes only one of several waiters.
-    pub caches_ready: watch::Receiver<bool>,
+    /// How far the Secret (and ServiceAccount) caches are. A watch channel, because
+    /// `Store::wait_until_ready` wakes only one of several waiters.
+    pub caches_ready: watch::Receiver<Caches>,
+}
+
+/// The caches a reconcile decides from, as a new leader brings them up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caches {
+    Listing,
+    /// Every cache has its first full list: a namespace without our Secret can be written.
+    Listed,
+    /// And our Secrets' data was checked once (`verify_all`): the others can be decided
+    /// without a read each.
+    Verified,
 }
 
 /// The outcome of one reconcile, for logs and tests.
@@ -181,10 +241,10 @@ impl Context {
         }
     }
 
-    /// Waits for the write rate limiter, recording how long.
-    async fn write_slot(&self) {
+    /// Waits for the write rate limiter (see [`WriteLimiter`] for `urgent`), recording how long.
+    async fn write_slot(&self, urgent: bool) {
         let started = Instant::now();
-        self.limiter.acquire().await;
+        self.limiter.acquire(urgent).await;
         self.metrics.limiter_waited(started.elapsed());
     }
 
@@ -196,7 +256,12 @@ impl Context {
         let Some(rendered) = self.desired.borrow().clone() else {
             return Ok(Outcome::NoTokenYet);
         };
-        let outcome = match self.cached_secret(namespace) {
+        let cached = self.cached_secret(namespace);
+        // Pulls here fail until the write lands, unless it only refreshes a Secret of ours.
+        let urgent = cached
+            .as_ref()
+            .is_none_or(|c| !c.managed || c.edited_elsewhere);
+        let outcome = match cached {
             Some(existing) if !existing.managed && !self.adopt_existing => {
                 tracing::warn!(
                     namespace,
@@ -230,7 +295,7 @@ impl Context {
                 Outcome::UpToDate
             }
             _ => {
-                self.apply(namespace, &rendered).await?;
+                self.apply(namespace, &rendered, urgent).await?;
                 Outcome::Written
             }
         };
@@ -416,7 +481,12 @@ impl Context {
             .is_some_and(|c| c.fingerprint == fingerprint)
     }
 
-    async fn apply(&self, namespace: &str, rendered: &Arc<Rendered>) -> Result<(), Error> {
+    async fn apply(
+        &self,
+        namespace: &str,
+        rendered: &Arc<Rendered>,
+        urgent: bool,
+    ) -> Result<(), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let secret = desired_secret(
             &self.secret_name,
@@ -425,7 +495,7 @@ impl Context {
             self.owner.as_deref(),
         );
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.write_slot().await;
+        self.write_slot(urgent).await;
         // After the limiter's wait, immediately before sending.
         self.fence.check()?;
         let written = self
@@ -466,7 +536,7 @@ impl Context {
                 }),
                 ..DeleteParams::default()
             };
-            self.write_slot().await;
+            self.write_slot(false).await;
             self.fence.check()?;
             match self
                 .bounded(
@@ -528,7 +598,8 @@ impl Context {
             {
                 continue;
             }
-            self.write_slot().await;
+            // Adding an entry lets pods pull; removing one can wait.
+            self.write_slot(present).await;
             let wrote = service_account::set_entry(
                 &self.client,
                 (*sa).clone(),
@@ -571,11 +642,24 @@ impl Context {
         self.written.lock().expect("lock").remove(namespace);
     }
 
-    async fn caches_ready(&self) -> bool {
-        let mut ready = self.caches_ready.clone();
+    /// Whether the caches can decide `namespace`: listed, and for a namespace that has a Secret
+    /// with our name, verified. So a namespace created during a takeover is written without
+    /// waiting for the read of every Secret's data.
+    async fn caches_ready(&self, namespace: &str) -> bool {
+        let mut state = self.caches_ready.clone();
+        let ready = async {
+            state
+                .wait_for(|s| *s != Caches::Listing)
+                .await
+                .map(|_| ())?;
+            if self.cached_secret(namespace).is_none() {
+                return Ok(());
+            }
+            state.wait_for(|s| *s == Caches::Verified).await.map(|_| ())
+        };
         matches!(
-            tokio::time::timeout(self.api_timeout, ready.wait_for(|r| *r)).await,
-            Ok(Ok(_))
+            tokio::time::timeout(self.api_timeout, ready).await,
+            Ok(Ok(()))
         )
     }
 }
@@ -599,7 +683,7 @@ pub async fn reconcile(
         return Ok(Action::requeue(wait));
     }
     // Decisions come from the caches: wait until each has its first full list.
-    if !ctx.caches_ready().await {
+    if !ctx.caches_ready(&ns.name_any()).await {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let namespace = ns.name_any();
@@ -697,6 +781,39 @@ mod tests {
     use super::*;
     use crate::core::meta::{OPT_OUT_ANNOTATION, slim_namespace};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    /// Refreshes keep the limiter busy (a slot every 50 ms); an urgent write arriving then
+    /// takes the next slot: at most the refresh already taking one goes before it.
+    #[tokio::test]
+    async fn an_urgent_write_takes_the_next_slot_before_waiting_refreshes() {
+        for round in 0..5 {
+            let limiter = Arc::new(WriteLimiter::new(20, 1));
+            let grants = Arc::new(Mutex::new(0usize));
+            let mut refreshes = Vec::new();
+            for _ in 0..8 {
+                let (limiter, grants) = (limiter.clone(), grants.clone());
+                refreshes.push(tokio::spawn(async move {
+                    loop {
+                        limiter.acquire(false).await;
+                        *grants.lock().unwrap() += 1;
+                    }
+                }));
+            }
+            while *grants.lock().unwrap() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let before = *grants.lock().unwrap();
+            limiter.acquire(true).await;
+            let went_first = *grants.lock().unwrap() - before;
+            for refresh in refreshes {
+                refresh.abort();
+            }
+            assert!(
+                went_first <= 1,
+                "round {round}: {went_first} refreshes went before the urgent write"
+            );
+        }
+    }
 
     fn entry(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
         ManagedFieldsEntry {

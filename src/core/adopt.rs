@@ -165,7 +165,7 @@ pub(crate) fn adopt(
         if !plausible {
             continue;
         }
-        if let Ok(token) = Token::adopted(identity, registry, auth, fetched_at, expires_at) {
+        if let Ok(token) = Token::validated(identity, registry, auth, fetched_at, expires_at) {
             tokens.insert(identity.clone(), token);
         }
     }

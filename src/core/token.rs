@@ -96,25 +96,9 @@ impl Token {
         )
     }
 
-    /// A token read back from a pull secret we wrote (`core::adopt`), validated like a fetched one.
-    pub(crate) fn adopted(
-        identity: &str,
-        registry: &str,
-        authorization_token: &str,
-        fetched_at: SystemTime,
-        expires_at: SystemTime,
-    ) -> Result<Token, InvalidToken> {
-        Token::validated(
-            identity,
-            registry,
-            authorization_token,
-            fetched_at,
-            expires_at,
-        )
-    }
-
-    /// Refuses anything that would render an unusable config.
-    fn validated(
+    /// Refuses anything that would render an unusable config. Also checks a token read back
+    /// from a pull secret we wrote (`core::adopt`).
+    pub(crate) fn validated(
         identity: &str,
         registry: &str,
         authorization_token: &str,
