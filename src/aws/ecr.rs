@@ -206,6 +206,21 @@ impl Round {
         Round(Arc::new(watch::Sender::new(state)))
     }
 
+    /// Publishes `token` and holds it until its refresh time (see [`Round::wait`]). Published
+    /// before it leaves the pending set: the renderer, once nothing is pending, sees it.
+    async fn hold(
+        &self,
+        identity: &str,
+        publish: &watch::Sender<BTreeMap<String, Token>>,
+        token: Token,
+        wait: Duration,
+    ) {
+        publish.send_modify(|tokens| {
+            tokens.insert(identity.to_string(), token);
+        });
+        self.wait(identity, wait).await;
+    }
+
     /// `identity` published its token: it waits `wait` for its refresh time, or less when a
     /// sibling's refresh time comes first; then it is pending in that round.
     async fn wait(&self, identity: &str, wait: Duration) {
@@ -291,10 +306,7 @@ async fn keep_fresh_by<S: TokenSource>(
                 refresh_in_seconds = wait.as_secs(),
                 "adopted the ECR token the previous leader wrote"
             );
-            publish.send_modify(|tokens| {
-                tokens.insert(source.identity().to_string(), token);
-            });
-            round.wait(source.identity(), wait).await;
+            round.hold(source.identity(), &publish, token, wait).await;
         }
     }
     let mut attempt = 0u32;
@@ -313,10 +325,7 @@ async fn keep_fresh_by<S: TokenSource>(
                     refresh_in_seconds = wait.as_secs(),
                     "fetched ECR token"
                 );
-                publish.send_modify(|tokens| {
-                    tokens.insert(source.identity().to_string(), token);
-                });
-                round.wait(source.identity(), wait).await;
+                round.hold(source.identity(), &publish, token, wait).await;
             }
             Err(err) => {
                 round.failed(source.identity());
