@@ -92,6 +92,12 @@ impl Seen {
             let mut events = watcher(api, config).boxed();
             while let Some(event) = events.next().await {
                 let now = Instant::now();
+                if let Ok(watcher::Event::Delete(s)) = &event
+                    && let Some(ns) = s.namespace()
+                {
+                    current.lock().unwrap().remove(&ns);
+                    continue;
+                }
                 let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else {
                     continue;
                 };
@@ -133,6 +139,18 @@ impl Seen {
                 "not every namespace got the secret within {deadline:?}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until `namespace` is seen without our Secret.
+    async fn gone(&self, namespace: &str, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while self.current.lock().unwrap().contains_key(namespace) {
+            assert!(
+                Instant::now() < until,
+                "the deletion of the Secret in {namespace} was not seen within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -309,7 +327,7 @@ async fn bench(args: Args) {
     let cold_start = done.duration_since(cold_started);
     eprintln!("scale: cold start {cold_start:.2?}");
     // A follower, for failover at the end (and as the no-cache baseline for memory).
-    let follower = env.controller_with_env("follower", &common, &[("POD_NAME", "follower")]);
+    let mut follower = env.controller_with_env("follower", &common, &[("POD_NAME", "follower")]);
     // Later tokens live 12 h: after the rotation nothing changes.
     env.set_emulator(&json!({}));
 
@@ -456,6 +474,36 @@ async fn bench(args: Args) {
     eprintln!(
         "scale: takeover: {takeover_writes} rewrites, {takeover_aws_calls} AWS calls, new namespace in {served:.2?}"
     );
+
+    // A single replica restarted: SIGKILL the only leader and start a new process at once (as
+    // a Deployment of one would); it takes the lease when the dead one's expires.
+    let writes_seen = seen.changes();
+    let calls_before_restart = env.call_log().len();
+    follower.kill();
+    let killed = Instant::now();
+    let restarted = env.controller_with_env("restarted", &common, &[("POD_NAME", "restarted")]);
+    let name = format!("{PREFIX}-restart");
+    create_namespace(&client, &name).await;
+    let written = seen
+        .all(std::slice::from_ref(&name), None, Duration::from_secs(60))
+        .await;
+    let restart_served = written.duration_since(killed);
+    all_names.push(name);
+    let restarted_address = restarted.admin_address().await;
+    let checked_by = Instant::now() + Duration::from_secs(900);
+    while metric(&scrape(&restarted_address).await, synced) < all_names.len() as f64 {
+        assert!(
+            Instant::now() < checked_by,
+            "the restarted replica did not report every namespace synced in 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restart_writes = seen.changes() - writes_seen - 1;
+    let restart_aws_calls = env.call_log().len() - calls_before_restart;
+    eprintln!(
+        "scale: single replica restart: {restart_writes} rewrites, {restart_aws_calls} AWS calls, new namespace in {restart_served:.2?}"
+    );
+    drop(restarted);
     drop(follower);
 
     // New namespaces during a rotation at the shipped write limits (20 writes/s): a controller
@@ -503,8 +551,28 @@ async fn bench(args: Args) {
         all_names.push(name);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let still_rotating = seen.changes() - changes_before_defaults < all_names.len();
+    // Then Secrets deleted during the same rotation: the time until each is back.
+    let mut repairs = Vec::new();
+    for i in 0..args.samples.min(100).min(n) {
+        let name = format!("{PREFIX}-{:05}", n - 1 - i);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
+        let deleted = Instant::now();
+        secrets
+            .delete(SECRET, &Default::default())
+            .await
+            .expect("delete a pull secret");
+        seen.gone(&name, Duration::from_secs(60)).await;
+        let got = seen
+            .all(std::slice::from_ref(&name), None, Duration::from_secs(600))
+            .await;
+        repairs.push(got.saturating_duration_since(deleted).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each repair is a change too.
+    let still_rotating = seen.changes() - changes_before_defaults < all_names.len() + repairs.len();
     drop(rotating);
+    repairs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (repair_p50, repair_p99) = (percentile(&repairs, 0.5), percentile(&repairs, 0.99));
     during.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (rot_p50, rot_p99) = (percentile(&during, 0.5), percentile(&during, 0.99));
     eprintln!(
@@ -515,6 +583,10 @@ async fn bench(args: Args) {
         } else {
             "; the rotation finished before the last sample"
         }
+    );
+    eprintln!(
+        "scale: deleted Secret restored during the same rotation: p50 {repair_p50:.1} ms, p99 {repair_p99:.1} ms ({} samples)",
+        repairs.len()
     );
 
     let resources = if args.resources > 0 {
@@ -562,8 +634,13 @@ async fn bench(args: Args) {
         "takeover_writes": takeover_writes,
         "takeover_aws_calls": takeover_aws_calls,
         "takeover_new_namespace_ms": served.as_secs_f64() * 1000.0,
+        "restart_writes": restart_writes,
+        "restart_aws_calls": restart_aws_calls,
+        "restart_new_namespace_ms": restart_served.as_secs_f64() * 1000.0,
         "new_namespace_p50_during_rotation_ms": rot_p50,
         "new_namespace_p99_during_rotation_ms": rot_p99,
+        "repair_p50_during_rotation_ms": repair_p50,
+        "repair_p99_during_rotation_ms": repair_p99,
         "rotation_outlasted_samples": still_rotating,
     });
     let mut rows = vec![
@@ -648,8 +725,23 @@ async fn bench(args: Args) {
             format!("{rot_p50:.1} / {rot_p99:.1} ms"),
             "p99 <= 100 ms",
         ),
+        (
+            "deleted Secret restored, p50 / p99, during the same rotation",
+            format!("{repair_p50:.1} / {repair_p99:.1} ms"),
+            "",
+        ),
         ("takeover: rewrites", format!("{takeover_writes}"), "0"),
         ("takeover: AWS calls", format!("{takeover_aws_calls}"), "0"),
+        (
+            "single replica restarted: rewrites / AWS calls",
+            format!("{restart_writes} / {restart_aws_calls}"),
+            "0 / 0",
+        ),
+        (
+            "single replica restarted: new namespace served",
+            format!("{:.2} s", restart_served.as_secs_f64()),
+            "<= lease + 2 s (17 s)",
+        ),
     ];
     if let Some(r) = &resources {
         report["resources"] = json!(r.count);

@@ -1,14 +1,14 @@
 //! Component tests: reconcile against a scripted API server (tower-test), asserting the exact
 //! requests, and that nothing is sent where nothing may be.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ecr_pull_secrets::controller::pipeline::Env;
-use ecr_pull_secrets::controller::reconcile::{Caches, Context, Outcome, WriteLimiter, Written};
+use ecr_pull_secrets::controller::reconcile::{Caches, Context, Outcome, Requests, WriteLimiter};
 use ecr_pull_secrets::controller::supervisor::report_flags_status;
 use ecr_pull_secrets::core::backoff::{Exponential, Gate};
 use ecr_pull_secrets::core::meta::{
@@ -22,7 +22,7 @@ use ecr_pull_secrets::k8s::cleanup::remove;
 use ecr_pull_secrets::k8s::events::Events;
 use ecr_pull_secrets::k8s::leader::Fence;
 use ecr_pull_secrets::k8s::namespaces::Namespaces;
-use ecr_pull_secrets::k8s::secret_cache::SecretCache;
+use ecr_pull_secrets::k8s::secret_cache::{Digest, SecretCache, Table};
 use ecr_pull_secrets::telemetry::metrics::Metrics;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{
@@ -79,20 +79,15 @@ fn context(world: World) -> (Context, ApiServer) {
     // A receiver still borrows the last value after its sender is gone.
     let (_, desired) = watch::channel(world.desired);
     let secrets = SecretCache::default();
-    // As the start-up sweep (`verify_all`) leaves it: each of our Secrets' versions verified.
-    let mut written = HashMap::new();
     for secret in world.secrets {
-        if world.verified && ours(&secret.metadata, None) {
-            written.insert(
-                secret.metadata.namespace.clone().unwrap(),
-                Written {
-                    resource_version: secret.metadata.resource_version.clone().unwrap(),
-                    uid: secret.metadata.uid.clone(),
-                    config: None,
-                },
-            );
-        }
+        let verified = world.verified && ours(&secret.metadata, None);
+        let namespace = secret.metadata.namespace.clone().unwrap();
+        let version = Digest::of(secret.metadata.resource_version.as_deref().unwrap());
         secrets.apply_watcher_event(&watcher::Event::Apply(secret));
+        // As the start-up sweep (`verify_all`) leaves it: each of our Secrets' versions verified.
+        if verified {
+            secrets.verified(&namespace, version, true);
+        }
     }
     secrets.mark_ready();
     let service_accounts = world.accounts.map(|(targets, accounts)| {
@@ -113,11 +108,11 @@ fn context(world: World) -> (Context, ApiServer) {
         service_accounts,
         adopt_existing: false,
         limiter: WriteLimiter::new(1000, 1000),
+        requests: Requests::new(16),
         gate: Gate::new(Exponential {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
         }),
-        written: Arc::new(Mutex::new(written)),
         fence: world.fence.unwrap_or_else(Fence::open),
         events: Events::new(client, Some("test".into())),
         metrics: Arc::new(Metrics::new()),
@@ -244,7 +239,9 @@ async fn creates_the_secret_by_server_side_apply_without_reading_first() {
         .decode(body["data"][".dockerconfigjson"].as_str().unwrap())
         .unwrap();
     assert_eq!(config, desired.config);
-    assert_eq!(ctx.written.lock().unwrap()["team-a"].resource_version, "8");
+    let cached = ctx.secrets.get("team-a").unwrap();
+    assert_eq!(cached.version, Some(Digest::of("8")));
+    assert!(ctx.secrets.trusted("team-a", &cached));
     // A second trigger before the cache shows our write does not write again.
     assert_eq!(
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
@@ -354,6 +351,19 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
         ..World::default()
     });
     let api = tokio::spawn(async move {
+        // The cache keeps no UID: the Secret's metadata is read, and checked to be ours.
+        let (request, send) = server.next_request().await.expect("a read");
+        assert_eq!(request.method(), "GET");
+        assert_eq!(
+            request.uri().path(),
+            "/api/v1/namespaces/team-a/secrets/ecr-pull-secret"
+        );
+        let mut current = cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[]);
+        current.metadata.uid = Some("current-uid".into());
+        let mut current = serde_json::to_value(&current).unwrap();
+        current["apiVersion"] = json!("meta.k8s.io/v1");
+        current["kind"] = json!("PartialObjectMetadata");
+        send.send_response(json_response(200, current));
         let (request, send) = server.next_request().await.expect("a delete");
         assert_eq!(request.method(), "DELETE");
         assert_eq!(
@@ -361,7 +371,7 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
             "/api/v1/namespaces/team-a/secrets/ecr-pull-secret"
         );
         let body = body_of(request).await;
-        assert_eq!(body["preconditions"]["uid"], "secret-uid");
+        assert_eq!(body["preconditions"]["uid"], "current-uid");
         send.send_response(json_response(
             200,
             json!({"kind":"Status","apiVersion":"v1","status":"Success"}),
@@ -387,6 +397,30 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
         Outcome::NotSelected
     );
+    assert_no_more_requests(ctx, server).await;
+
+    // Ours in the cache, but replaced by someone else's since: read, and left alone.
+    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
+    let (ctx, mut server) = context(World {
+        selection: excluded,
+        desired: Some(rendered()),
+        secrets: vec![cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[])],
+        ..World::default()
+    });
+    let api = tokio::spawn(async move {
+        let (request, send) = server.next_request().await.expect("a read");
+        assert_eq!(request.method(), "GET");
+        let mut foreign = serde_json::to_value(cached_secret(&[], &[])).unwrap();
+        foreign["apiVersion"] = json!("meta.k8s.io/v1");
+        foreign["kind"] = json!("PartialObjectMetadata");
+        send.send_response(json_response(200, foreign));
+        server
+    });
+    assert_eq!(
+        ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
+        Outcome::NotSelected
+    );
+    let server = api.await.unwrap();
     assert_no_more_requests(ctx, server).await;
 }
 
@@ -1060,6 +1094,8 @@ async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
         fence: Fence::open(),
         api_timeout: Duration::from_secs(5),
         concurrency: 1,
+        requests: Requests::new(1),
+        table: Table::default(),
         namespace: "ecr".into(),
         identity: Some("replica-a".into()),
         namespaces,
@@ -1101,7 +1137,7 @@ async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
     );
     // Fixed: a token and a synced namespace; the next verdict is Synced, a Normal Event.
     metrics.token_fetched("us-east-1", SystemTime::now() + Duration::from_secs(43_200));
-    metrics.namespace_state("team-a", Some("synced"));
+    metrics.namespace_moved(None, Some("synced"));
     let synced = next_event().await;
     assert_eq!(synced["reason"], "Synced", "{synced}");
     assert_eq!(synced["type"], "Normal");

@@ -31,7 +31,7 @@ fn exported() -> BTreeSet<String> {
     m.token_fetch_failed("us-east-1", "transient", "throttled");
     m.aws_call("us-east-1", "ok");
     m.write("apply");
-    m.namespace_state("default", Some("synced"));
+    m.namespace_moved(None, Some("synced"));
     m.reconciled("written", std::time::Duration::from_millis(3));
     m.limiter_waited(std::time::Duration::ZERO);
     m.enqueued("default");

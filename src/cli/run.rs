@@ -192,6 +192,8 @@ async fn lead(
         fence,
         api_timeout: args.client.api_timeout,
         concurrency: args.concurrency,
+        requests: crate::controller::reconcile::Requests::new(args.concurrency),
+        table: crate::k8s::secret_cache::Table::default(),
         namespace: own_namespace(client, args),
         identity: args.identity.clone(),
     };

@@ -22,20 +22,22 @@ use tracing::Instrument;
 use crate::Error;
 use crate::aws::ecr::{self, EcrPublicTokenSource, EcrTokenSource};
 use crate::controller::AbortOnDrop;
-use crate::controller::reconcile::{self, Caches, Context, WriteLimiter, WrittenLog};
+use crate::controller::reconcile::{self, Caches, Context, Requests, WriteLimiter};
 use crate::core::adopt;
 use crate::core::api_failure::ApiFailure;
 use crate::core::backoff::{Exponential, Gate};
 use crate::core::meta::{MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL};
+use crate::core::names;
 use crate::core::pipeline::PipelineConfig;
 use crate::core::registry::RegistryHost;
 use crate::core::render::{self, Rendered};
+use crate::core::selection::Decision;
 use crate::core::token::{Backoff, ECR_PUBLIC, Token};
 use crate::k8s::client::call;
 use crate::k8s::events::Events;
 use crate::k8s::leader::Fence;
 use crate::k8s::namespaces::{NamespaceEvent, Namespaces};
-use crate::k8s::secret_cache::SecretCache;
+use crate::k8s::secret_cache::{SecretCache, Table};
 use crate::telemetry::metrics::Metrics;
 
 /// How often every namespace is re-checked regardless of events.
@@ -59,6 +61,10 @@ pub struct Env {
     pub identity: Option<String>,
     /// The one namespace watch and cache every pipeline reads.
     pub namespaces: Namespaces,
+    /// Reconciles' API requests in flight, across every pipeline.
+    pub requests: Requests,
+    /// What every pipeline keeps per namespace, one row per namespace.
+    pub table: Table,
 }
 
 /// Namespace triggers as kube-runtime's Controller takes them.
@@ -73,9 +79,12 @@ pub async fn lead(
     env: &Env,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    // Namespace states live in this run's table (the Secret cache): counts left by a run
+    // before this one (it failed and is retried) would count every namespace twice.
+    env.metrics.forget_namespaces();
     let mut tasks = JoinSet::new();
     let desired = start_tokens(config, env, &mut tasks).await?;
-    let (secret_cache, written, secret_events) = watch_secrets(config, env);
+    let (secret_cache, secret_events, (lost_tx, secrets_lost)) = watch_secrets(config, env)?;
     let (account_store, account_events) = watch_service_accounts(config, env);
     let (ready_tx, caches_ready) = watch::channel(Caches::Listing);
     let ctx = Arc::new(Context {
@@ -89,11 +98,11 @@ pub async fn lead(
         service_accounts: config.service_accounts.clone().zip(account_store.clone()),
         adopt_existing: config.adopt_existing,
         limiter: WriteLimiter::new(config.write_qps, config.write_burst),
+        requests: env.requests.clone(),
         gate: Gate::new(Exponential {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
         }),
-        written,
         fence: env.fence.clone(),
         events: Events::new(env.client.clone(), env.identity.clone()),
         metrics: env.metrics.clone(),
@@ -101,9 +110,16 @@ pub async fn lead(
     });
     // Not in `tasks`: it ends by design.
     let _caches_waiter = AbortOnDrop(tokio::spawn(
-        wait_for_caches(ctx.clone(), account_store, ready_tx).in_current_span(),
+        wait_for_caches(
+            ctx.clone(),
+            account_store,
+            ready_tx,
+            env.namespaces.store(),
+            lost_tx,
+        )
+        .in_current_span(),
     ));
-    let (one_tx, one, listed) = follow_namespaces(env, &ctx, &mut tasks);
+    let (one_tx, one, listed) = follow_namespaces(env, &ctx, secrets_lost, &mut tasks);
     let all = reconcile_all_triggers(&ctx, listed);
     tasks.spawn(
         feed_all(
@@ -257,39 +273,55 @@ async fn adopt_tokens(
 
 /// Metadata of our Secrets only, selected by name server-side: the controller never sees
 /// another Secret, and never caches Secret data (`verify_all` hashes it page by page). Returns
-/// the cache, the log of what we wrote (a deleted Secret is forgotten there) and the
-/// namespaces whose Secret changed.
+/// the cache, the namespaces whose Secret changed, and apart from those the namespaces whose
+/// Secret of ours was lost: deleted, edited by another field manager, or replaced by one that
+/// is not ours (they take the fast lane: pulls there fail until it is restored).
 fn watch_secrets(
     config: &PipelineConfig,
     env: &Env,
-) -> (
-    SecretCache,
-    WrittenLog,
-    Triggers<Result<PartialObjectMeta<Secret>, watcher::Error>>,
-) {
+) -> Result<(SecretCache, SecretEvents, FastLane), Error> {
     let secrets: Api<PartialObjectMeta<Secret>> = Api::all(env.client.clone());
     let secret_watch =
         watcher::Config::default().fields(&format!("metadata.name={}", config.secret_name));
-    let secret_cache = SecretCache::for_owner(config.owner.as_deref());
-    let written: WrittenLog = Arc::default();
-    let forget = written.clone();
+    let secret_cache = SecretCache::join(&env.table, config.owner.as_deref())?;
+    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let lost_sender = lost_tx.clone();
     let events = watcher(secrets, secret_watch)
         .default_backoff()
         .inspect_ok({
             let cache = secret_cache.clone();
             move |event| cache.apply_watcher_event(event)
         })
-        .inspect_ok(move |event| {
-            // A deleted Secret must be rewritten, not taken for "written, cache lagging".
-            if let watcher::Event::Delete(secret) = event
-                && let Some(namespace) = secret.namespace()
-            {
-                forget.lock().expect("lock").remove(&namespace);
+        .try_filter({
+            let cache = secret_cache.clone();
+            move |event| {
+                let keep = match event {
+                    watcher::Event::Delete(secret) => match secret.metadata.namespace.as_deref() {
+                        // Sent to the fast lane, or (none left: shutting down) kept.
+                        Some(ns) => lost_tx.send(names::intern(ns)).is_err(),
+                        None => true,
+                    },
+                    watcher::Event::Apply(secret) => match secret.metadata.namespace.as_deref() {
+                        Some(ns) => match cache.get(ns) {
+                            Some(c) if !c.managed || c.edited_elsewhere => {
+                                lost_tx.send(names::intern(ns)).is_err()
+                            }
+                            // The echo of our own write (or of a version we verified): the
+                            // cache knows it already, and a reconcile would find it up to date.
+                            // Dropped, so a rotation's writes do not queue a reconcile each.
+                            Some(c) if cache.trusted(ns, &c) => false,
+                            _ => true,
+                        },
+                        None => true,
+                    },
+                    _ => true,
+                };
+                std::future::ready(keep)
             }
         })
         .touched_objects()
         .boxed();
-    (secret_cache, written, events)
+    Ok((secret_cache, events, (lost_sender, lost_rx)))
 }
 
 /// With `serviceAccounts`, a watch and cache of ServiceAccounts: the namespaces of the target
@@ -322,13 +354,21 @@ fn in_namespace(metrics: &Metrics, namespace: Option<String>) -> Option<Namespac
     Some(ObjectRef::new(&namespace))
 }
 
+/// Selected namespaces without our Secret that a new leader sends to the fast lane as soon as
+/// its caches are listed; with more than that (a first start) they are all in the same state,
+/// and the re-check of every namespace serves them.
+const MISSING_AT_START: usize = 64;
+
 /// Opens the reconciles of namespaces without our Secret once every cache has its first full
 /// list, and the others once our Secrets' data was checked (so they trust what matches without
-/// a read).
+/// a read). Namespaces that lack our Secret then (one created during a takeover) go to the fast
+/// lane at once instead of waiting for their turn in the re-check of every namespace.
 async fn wait_for_caches(
     ctx: Arc<Context>,
     accounts: Option<Store<ServiceAccount>>,
     ready: watch::Sender<Caches>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    fast_lane: mpsc::UnboundedSender<Arc<str>>,
 ) {
     ctx.secrets.wait_until_ready().await;
     if let Some(accounts) = accounts
@@ -337,6 +377,26 @@ async fn wait_for_caches(
         return;
     }
     ready.send_replace(Caches::Listed);
+    let missing: Vec<Arc<str>> = namespaces
+        .state()
+        .iter()
+        .filter(|ns| {
+            ctx.secrets.get(&ns.name_any()).is_none()
+                && ctx.selection.decide(
+                    &ns.name_any(),
+                    ns.labels(),
+                    ns.annotations(),
+                    ns.metadata.deletion_timestamp.is_some(),
+                ) == Decision::Selected
+        })
+        .take(MISSING_AT_START + 1)
+        .map(|ns| names::intern(&ns.name_any()))
+        .collect();
+    if missing.len() <= MISSING_AT_START {
+        for name in missing {
+            let _ = fast_lane.send(name);
+        }
+    }
     verify_secrets(&ctx).await;
     ready.send_replace(Caches::Verified);
 }
@@ -347,6 +407,7 @@ async fn wait_for_caches(
 fn follow_namespaces(
     env: &Env,
     ctx: &Arc<Context>,
+    mut secrets_lost: mpsc::UnboundedReceiver<Arc<str>>,
     tasks: &mut JoinSet<()>,
 ) -> (
     mpsc::UnboundedSender<NamespaceRef>,
@@ -363,25 +424,37 @@ fn follow_namespaces(
         async move {
             // The fast lane: dropped with this task, so it never outlives the pipeline.
             let mut fast = JoinSet::new();
+            // A namespace that lacks a working Secret of ours goes to the fast lane while it
+            // has room, else to the queue.
+            let missing = |name: &str, fast: &mut JoinSet<()>| {
+                ctx.metrics.enqueued(name);
+                match store.get(&ObjectRef::new(name)) {
+                    Some(ns) if fast.len() < FAST_LANE => {
+                        fast.spawn(fast_lane(ns, ctx.clone(), one_tx.clone()).in_current_span());
+                        true
+                    }
+                    _ => one_tx.send(ObjectRef::new(name)).is_ok(),
+                }
+            };
             loop {
                 let event = tokio::select! {
                     event = subscription.recv() => event,
+                    Some(name) = secrets_lost.recv() => {
+                        if !missing(&name, &mut fast) {
+                            // The controller stopped (shutdown): nothing left to feed.
+                            std::future::pending::<()>().await;
+                        }
+                        continue;
+                    }
                     Some(_) = fast.join_next() => continue,
                 };
                 let sent = match event {
+                    Ok(NamespaceEvent::Applied(name)) if ctx.secrets.get(&name).is_none() => {
+                        missing(&name, &mut fast)
+                    }
                     Ok(NamespaceEvent::Applied(name)) => {
                         ctx.metrics.enqueued(&name);
-                        match store.get(&ObjectRef::new(&name)) {
-                            Some(ns)
-                                if ctx.secrets.get(&name).is_none() && fast.len() < FAST_LANE =>
-                            {
-                                fast.spawn(
-                                    fast_lane(ns, ctx.clone(), one_tx.clone()).in_current_span(),
-                                );
-                                true
-                            }
-                            _ => one_tx.send(ObjectRef::new(&name)).is_ok(),
-                        }
+                        one_tx.send(ObjectRef::new(&name)).is_ok()
                     }
                     // Gone: its state (say `failed`) must not outlive it in the metrics.
                     Ok(NamespaceEvent::Deleted { name, uid }) => {
@@ -412,12 +485,22 @@ fn follow_namespaces(
     (feed, one.boxed(), all.boxed())
 }
 
+/// Changes to Secrets with our name, as kube-runtime's Controller takes them.
+type SecretEvents = Triggers<Result<PartialObjectMeta<Secret>, watcher::Error>>;
+
+/// Namespaces for the fast lane (see [`fast_lane`]): the sender and its receiver.
+type FastLane = (
+    mpsc::UnboundedSender<Arc<str>>,
+    mpsc::UnboundedReceiver<Arc<str>>,
+);
+
 /// Namespaces reconciled at once outside the controller's queue (see [`fast_lane`]).
 const FAST_LANE: usize = 4;
 
-/// A namespace without our Secret (new, or its Secret deleted) is reconciled at once, not
-/// behind the controller's queue, which may hold a rotation's worth of refreshes; its write is
-/// urgent at the limiter too. Whatever does not end in sync goes to the controller, whose
+/// A namespace without a working Secret of ours (new, its Secret deleted, edited by another
+/// field manager or replaced by someone else's) is reconciled at once, not behind the
+/// controller's queue, which may hold a rotation's worth of refreshes; its write is urgent at
+/// the limiter too. Whatever does not end in sync goes to the controller, whose
 /// backoff retries it.
 async fn fast_lane(
     ns: Arc<PartialObjectMeta<Namespace>>,

@@ -2,9 +2,9 @@
 //! rendered config when selected, remove ours when not, and never touch a Secret we do not own.
 //! Decisions are made from metadata-only caches, so a namespace already in sync costs no API call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use governor::clock::Clock;
@@ -35,7 +35,7 @@ use crate::core::service_accounts::Targets;
 use crate::core::time::rfc3339;
 use crate::k8s::client::{api_message, call};
 use crate::k8s::events::Events;
-use crate::k8s::secret_cache::{CachedSecret, SecretCache};
+use crate::k8s::secret_cache::{CachedSecret, Digest, SecretCache};
 use crate::k8s::service_account;
 use crate::telemetry::metrics::Metrics;
 
@@ -104,22 +104,28 @@ impl WriteLimiter {
     }
 }
 
-/// A version of our Secret in a namespace whose data we know to match its fingerprint: one we
-/// wrote, or one whose data we read and hashed. Any other version (another resourceVersion or
-/// UID: someone wrote, or deleted and recreated it) has its data checked before it is trusted,
-/// because its metadata, our label and fingerprint included, can be copied by anyone who may
-/// create a Secret there.
-#[derive(Debug, Clone)]
-pub struct Written {
-    pub resource_version: String,
-    pub uid: Option<String>,
-    /// The config we wrote (shared by every namespace, not copied into each entry); `None`
-    /// for a version we only verified. A write the cache has not shown yet is not repeated.
-    pub config: Option<Arc<Rendered>>,
-}
+/// A bound on the API requests reconciles have in flight across every pipeline of the
+/// controller (`--concurrency`). Each request in flight holds an HTTP/1.1 connection with its
+/// buffers (about 35 KiB): with a bound per pipeline only, 20 EcrPullSecrets with 16 workers
+/// each held 320 of them during a rotation. The write limiters are per pipeline and are waited
+/// for before a request takes a permit.
+#[derive(Clone)]
+pub struct Requests(Arc<tokio::sync::Semaphore>);
 
-/// Shared with the Secret watch, which forgets a namespace's entry when its Secret is deleted.
-pub type WrittenLog = Arc<Mutex<HashMap<String, Written>>>;
+impl Requests {
+    pub fn new(in_flight: u16) -> Requests {
+        Requests(Arc::new(tokio::sync::Semaphore::new(usize::from(
+            in_flight.max(1),
+        ))))
+    }
+
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.0
+            .acquire()
+            .await
+            .expect("the request semaphore is never closed")
+    }
+}
 
 /// What every reconcile needs.
 pub struct Context {
@@ -139,10 +145,10 @@ pub struct Context {
     /// Take over a same-named Secret that lacks our label.
     pub adopt_existing: bool,
     pub limiter: WriteLimiter,
+    /// API requests of reconciles in flight, shared by every pipeline (see [`Requests`]).
+    pub requests: Requests,
     /// Per-namespace backoff, keyed by namespace UID.
     pub gate: Gate<String>,
-    /// What our last write to each namespace returned.
-    pub written: WrittenLog,
     /// Closed unless the lease was renewed within the renew deadline: checked before each write.
     pub fence: crate::k8s::leader::Fence,
     pub events: Events,
@@ -177,6 +183,22 @@ pub enum Outcome {
     /// Written or up to date, but with a token that has expired (AWS failing for longer than
     /// the token lives): pulls fail until the next refresh.
     Expired,
+}
+
+/// Whether a write of `rendered` over `cached` goes before refreshes at the write limiter.
+/// Only a refresh is not: our intact Secret holding another config whose token has not expired
+/// yet. Everything else means pulls fail there until the write lands: no Secret (a new
+/// namespace, or ours deleted), someone else's, one edited by another field manager, one whose
+/// data differs from its fingerprint (it names `rendered` and is still written), one whose token
+/// has expired or whose expiry cannot be read.
+pub(crate) fn urgent(cached: Option<&CachedSecret>, rendered: &Rendered, now: SystemTime) -> bool {
+    let refresh_only = cached.is_some_and(|c| {
+        c.managed
+            && !c.edited_elsewhere
+            && !c.names_config(&rendered.fingerprint)
+            && c.expires_at.is_some_and(|e| e > now)
+    });
+    !refresh_only
 }
 
 /// The Secret we want in `namespace`.
@@ -233,7 +255,7 @@ impl Context {
         match decision {
             // Namespace deletion removes everything in it; writing or deleting would only race.
             Decision::Terminating => {
-                self.written.lock().expect("lock").remove(&namespace);
+                self.secrets.distrust(&namespace);
                 Ok(Outcome::NotSelected)
             }
             Decision::NotSelected(_) => self.deselect(&namespace).await,
@@ -248,7 +270,7 @@ impl Context {
         self.metrics.limiter_waited(started.elapsed());
     }
 
-    fn cached_secret(&self, namespace: &str) -> Option<Arc<CachedSecret>> {
+    fn cached_secret(&self, namespace: &str) -> Option<CachedSecret> {
         self.secrets.get(namespace)
     }
 
@@ -257,10 +279,7 @@ impl Context {
             return Ok(Outcome::NoTokenYet);
         };
         let cached = self.cached_secret(namespace);
-        // Pulls here fail until the write lands, unless it only refreshes a Secret of ours.
-        let urgent = cached
-            .as_ref()
-            .is_none_or(|c| !c.managed || c.edited_elsewhere);
+        let urgent = urgent(cached.as_ref(), &rendered, SystemTime::now());
         let outcome = match cached {
             Some(existing) if !existing.managed && !self.adopt_existing => {
                 tracing::warn!(
@@ -286,12 +305,9 @@ impl Context {
             }
             Some(existing)
                 if existing.managed
-                    && existing.fingerprint.as_deref() == Some(rendered.fingerprint.as_str())
+                    && existing.names_config(&rendered.fingerprint)
                     && !self.drifted(namespace, &existing, &rendered).await? =>
             {
-                Outcome::UpToDate
-            }
-            None if self.written_but_not_cached(namespace, &rendered.fingerprint) => {
                 Outcome::UpToDate
             }
             _ => {
@@ -351,15 +367,7 @@ impl Context {
             );
             return Ok(true);
         }
-        let known = self
-            .written
-            .lock()
-            .expect("lock")
-            .get(namespace)
-            .is_some_and(|w| {
-                Some(&w.resource_version) == cached.resource_version.as_ref() && w.uid == cached.uid
-            });
-        match known {
+        match self.secrets.trusted(namespace, cached) {
             true => Ok(false),
             false => {
                 // Not a version we know: compare the data itself, once.
@@ -373,8 +381,8 @@ impl Context {
                 let data = full.data.as_ref().and_then(|d| d.get(DOCKER_CONFIG_KEY));
                 let intact = data.is_some_and(|d| fingerprint(&d.0) == rendered.fingerprint);
                 if intact {
-                    if let Some(rv) = full.resource_version() {
-                        self.remember(namespace, rv, full.uid(), None);
+                    if let Some(rv) = full.metadata.resource_version.as_deref() {
+                        self.secrets.verified(namespace, Digest::of(rv), false);
                     }
                 } else {
                     tracing::info!(
@@ -385,23 +393,6 @@ impl Context {
                 Ok(!intact)
             }
         }
-    }
-
-    fn remember(
-        &self,
-        namespace: &str,
-        resource_version: String,
-        uid: Option<String>,
-        config: Option<&Arc<Rendered>>,
-    ) {
-        self.written.lock().expect("lock").insert(
-            namespace.to_string(),
-            Written {
-                resource_version,
-                uid,
-                config: config.cloned(),
-            },
-        );
     }
 
     /// Reads every Secret with our name (page by page, never kept) and records the versions
@@ -417,6 +408,7 @@ impl Context {
             .limit(500);
         let (mut verified, mut mismatched) = (0, 0);
         loop {
+            let permit = self.requests.permit().await;
             let page = call(
                 || format!("listing Secrets {} to verify their data", self.secret_name),
                 self.api_timeout,
@@ -424,6 +416,7 @@ impl Context {
                 api.list(&params),
             )
             .await?;
+            drop(permit);
             for secret in &page.items {
                 let Some(namespace) = secret.metadata.namespace.as_deref() else {
                     continue;
@@ -436,27 +429,13 @@ impl Context {
                 let intact = data
                     .zip(annotated)
                     .is_some_and(|(d, f)| fingerprint(&d.0) == *f);
-                if intact && let Some(rv) = secret.resource_version() {
+                if intact && let Some(rv) = secret.metadata.resource_version.as_deref() {
                     verified += 1;
-                    let mut written = self.written.lock().expect("lock");
-                    // Keep a write of ours the list raced with.
-                    if written
-                        .get(namespace)
-                        .is_none_or(|w| w.resource_version != rv)
-                    {
-                        written.insert(
-                            namespace.to_string(),
-                            Written {
-                                resource_version: rv,
-                                uid: secret.uid(),
-                                config: None,
-                            },
-                        );
-                    }
+                    self.secrets.verified(namespace, Digest::of(rv), true);
                 } else if !intact {
                     mismatched += 1;
                     // Its next reconcile reads it again and restores it.
-                    self.written.lock().expect("lock").remove(namespace);
+                    self.secrets.distrust(namespace);
                     tracing::info!(
                         namespace,
                         secret = self.secret_name,
@@ -469,16 +448,6 @@ impl Context {
                 None => return Ok((verified, mismatched)),
             }
         }
-    }
-
-    /// We wrote this config and the cache has not caught up yet (a deletion clears the entry).
-    fn written_but_not_cached(&self, namespace: &str, fingerprint: &str) -> bool {
-        self.written
-            .lock()
-            .expect("lock")
-            .get(namespace)
-            .and_then(|w| w.config.as_ref())
-            .is_some_and(|c| c.fingerprint == fingerprint)
     }
 
     async fn apply(
@@ -506,9 +475,7 @@ impl Context {
             )
             .await?;
         self.metrics.write("apply");
-        if let Some(rv) = written.resource_version() {
-            self.remember(namespace, rv, written.uid(), Some(rendered));
-        }
+        self.secrets.wrote(namespace, &written.metadata, rendered);
         if rendered.expires_at > SystemTime::now() {
             tracing::info!(
                 namespace,
@@ -524,14 +491,29 @@ impl Context {
     /// Removes our Secret (only one carrying our label) and our ServiceAccount entries.
     async fn deselect(&self, namespace: &str) -> Result<Outcome, Error> {
         let mut outcome = Outcome::NotSelected;
-        if let Some(existing) = self.cached_secret(namespace).filter(|s| s.managed) {
+        if self.cached_secret(namespace).is_some_and(|s| s.managed) {
             // Entries first: a ServiceAccount never points at a Secret we already removed.
             self.service_account_entries(namespace, false).await?;
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-            // The UID precondition guarantees we delete the Secret we saw, not a newer one.
+            // The cache keeps no UID (it is kept per namespace per pipeline, and a removal is
+            // rare): read the Secret's metadata, check it is still ours, and delete exactly that
+            // Secret (the UID precondition), not a newer one.
+            let current = self
+                .bounded(
+                    "read",
+                    namespace,
+                    secrets.get_metadata_opt(&self.secret_name),
+                )
+                .await?;
+            let Some(current) = current.filter(|c| ours(&c.metadata, self.owner.as_deref())) else {
+                // Gone, or not ours any more: nothing of ours to remove.
+                self.secrets.distrust(namespace);
+                self.events.clear(namespace);
+                return Ok(Outcome::NotSelected);
+            };
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
-                    uid: existing.uid.clone(),
+                    uid: current.metadata.uid.clone(),
                     resource_version: None,
                 }),
                 ..DeleteParams::default()
@@ -566,7 +548,7 @@ impl Context {
         } else {
             self.service_account_entries(namespace, false).await?;
         }
-        self.written.lock().expect("lock").remove(namespace);
+        self.secrets.distrust(namespace);
         self.events.clear(namespace);
         Ok(outcome)
     }
@@ -600,6 +582,7 @@ impl Context {
             }
             // Adding an entry lets pods pull; removing one can wait.
             self.write_slot(present).await;
+            let _permit = self.requests.permit().await;
             let wrote = service_account::set_entry(
                 &self.client,
                 (*sa).clone(),
@@ -623,6 +606,7 @@ impl Context {
         namespace: &str,
         request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Error> {
+        let _permit = self.requests.permit().await;
         call(
             || format!("{what} Secret {namespace}/{}", self.secret_name),
             self.api_timeout,
@@ -632,14 +616,20 @@ impl Context {
         .await
     }
 
+    /// Records `namespace`'s state (`None` forgets it) in its entry, and the move in the counts.
+    fn record_state(&self, namespace: &str, state: Option<&'static str>) {
+        let previous = self.secrets.set_state(namespace, state);
+        self.metrics.namespace_moved(previous, state);
+    }
+
     /// A namespace that is gone or going: no state, no backoff entry, no record of our write.
     pub fn forget_namespace(&self, namespace: &str, uid: Option<&str>) {
-        self.metrics.namespace_state(namespace, None);
+        self.record_state(namespace, None);
         self.metrics.dequeued(namespace);
         if let Some(uid) = uid {
             self.gate.succeeded(&uid.to_string());
         }
-        self.written.lock().expect("lock").remove(namespace);
+        self.secrets.distrust(namespace);
     }
 
     /// Whether the caches can decide `namespace`: listed, and for a namespace that has a Secret
@@ -710,7 +700,7 @@ pub async fn reconcile(
                 Outcome::NoTokenYet => Some("pending"),
                 Outcome::Expired => Some("expired"),
             };
-            ctx.metrics.namespace_state(&namespace, state);
+            ctx.record_state(&namespace, state);
             ctx.gate.succeeded(&key);
             // Every change re-triggers through the watches, a new token through reconcile-all,
             // and the periodic resync in `run` re-checks everything: nothing to schedule per
@@ -719,7 +709,7 @@ pub async fn reconcile(
         }
         Err(error) => {
             let delay = ctx.gate.failed(&key, now, rand::random());
-            ctx.metrics.namespace_state(&namespace, Some("failed"));
+            ctx.record_state(&namespace, Some("failed"));
             if let Error::Kube {
                 failure: ApiFailure::Forbidden,
                 source,
@@ -781,6 +771,7 @@ mod tests {
     use super::*;
     use crate::core::meta::{OPT_OUT_ANNOTATION, slim_namespace};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use std::sync::Mutex;
 
     /// Refreshes keep the limiter busy (a slot every 50 ms); an urgent write arriving then
     /// takes the next slot: at most the refresh already taking one goes before it.
@@ -815,6 +806,71 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_a_refresh_of_a_working_secret_waits_for_urgent_writes() {
+        use crate::k8s::secret_cache::Digest;
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(3600);
+        let rendered = Rendered {
+            config: Vec::new(),
+            fingerprint: "new".into(),
+            hosts: Vec::new(),
+            expires_at: later + Duration::from_secs(3600),
+            issued: String::new(),
+            credentials: String::new(),
+        };
+        let ours = CachedSecret {
+            version: Some(Digest::of("1")),
+            managed: true,
+            fingerprint: Some(Digest::of("old")),
+            edited_elsewhere: false,
+            expires_at: Some(later),
+        };
+        assert!(!urgent(Some(&ours), &rendered, now), "a refresh");
+        // (cached, why urgent)
+        let cases = [
+            (None, "no Secret"),
+            (
+                Some(CachedSecret {
+                    managed: false,
+                    ..ours
+                }),
+                "not ours",
+            ),
+            (
+                Some(CachedSecret {
+                    edited_elsewhere: true,
+                    ..ours
+                }),
+                "edited by someone else",
+            ),
+            (
+                Some(CachedSecret {
+                    fingerprint: Some(Digest::of("new")),
+                    ..ours
+                }),
+                "its data differs from the fingerprint it names",
+            ),
+            (
+                Some(CachedSecret {
+                    expires_at: Some(now - Duration::from_secs(1)),
+                    ..ours
+                }),
+                "its token expired",
+            ),
+            (
+                Some(CachedSecret {
+                    expires_at: None,
+                    ..ours
+                }),
+                "no readable expiry",
+            ),
+        ];
+        for (cached, why) in cases {
+            assert!(urgent(cached.as_ref(), &rendered, now), "{why}");
+        }
+    }
+
     fn entry(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
         ManagedFieldsEntry {
             manager: Some(manager.into()),
@@ -829,7 +885,13 @@ mod tests {
         let mut ns = PartialObjectMeta::<Namespace> {
             metadata: ObjectMeta {
                 name: Some("team-a".into()),
-                labels: Some(BTreeMap::from([("env".to_string(), "prod".to_string())])),
+                labels: Some(BTreeMap::from([
+                    ("env".to_string(), "prod".to_string()),
+                    (
+                        "kubernetes.io/metadata.name".to_string(),
+                        "team-a".to_string(),
+                    ),
+                ])),
                 annotations: Some(BTreeMap::from([
                     (OPT_OUT_ANNOTATION.to_string(), "true".to_string()),
                     (
@@ -848,6 +910,11 @@ mod tests {
         let mut without_selector = ns.clone();
         slim_namespace(&mut ns, true);
         assert_eq!(ns.labels().get("env").map(String::as_str), Some("prod"));
+        assert_eq!(
+            ns.labels().len(),
+            1,
+            "the name label is put back by selection"
+        );
         assert_eq!(ns.annotations().len(), 1);
         assert!(ns.metadata.managed_fields.is_none());
         assert!(ns.metadata.deletion_timestamp.is_some());

@@ -10,6 +10,8 @@ use kube::api::PartialObjectMeta;
 /// Label with the EcrPullSecret that owns a Secret (absent: the flag-configured secret).
 pub const OWNER_LABEL: &str = "ecr-pull-secrets.io/owner";
 /// Namespace annotation that opts a namespace out (value "true", case-insensitive).
+/// The label the API server sets on every namespace, to its name.
+pub(crate) const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub(crate) const OPT_OUT_ANNOTATION: &str = "ecr-pull-secrets.io/exclude";
 
 /// Field manager of every write (server-side apply).
@@ -25,6 +27,21 @@ pub(crate) const REGISTRIES_ANNOTATION: &str = "ecr-pull-secrets.io/registries";
 pub(crate) const ISSUED_ANNOTATION: &str = "ecr-pull-secrets.io/issued";
 /// A one-way tag of the credentials and role that fetched the tokens (`core::adopt`).
 pub(crate) const CREDENTIALS_ANNOTATION: &str = "ecr-pull-secrets.io/credentials";
+
+/// The states a namespace's pull secret can be in, as the `ecr_pull_secrets_namespaces` gauge
+/// and a resource's status count them. Kept per namespace as an index into this list (one
+/// byte), since that is kept per namespace per pipeline.
+pub const NAMESPACE_STATES: [&str; 6] = [
+    "synced", "failed", "excluded", "conflict", "pending", "expired",
+];
+
+/// `state`'s index in [`NAMESPACE_STATES`].
+pub(crate) fn state_index(state: &str) -> Option<u8> {
+    NAMESPACE_STATES
+        .iter()
+        .position(|s| *s == state)
+        .map(|i| i as u8)
+}
 pub(crate) const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub(crate) const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
@@ -99,6 +116,14 @@ pub(crate) fn slim_namespace(ns: &mut PartialObjectMeta<Namespace>, keep_labels:
     meta.resource_version = None;
     if !keep_labels {
         meta.labels = None;
+    }
+    // The API server sets this label on every namespace to its name: kept, it would be a
+    // map of its own per namespace (about 500 bytes). Selection puts it back when matching.
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.remove(NAME_LABEL);
+        if labels.is_empty() {
+            meta.labels = None;
+        }
     }
     meta.owner_references = None;
     if let Some(annotations) = meta.annotations.as_mut() {

@@ -15,6 +15,7 @@ use kube::core::{Expression, Selector, SelectorExt};
 
 use crate::core::names::is_dns_subdomain;
 
+use crate::core::meta::NAME_LABEL;
 pub(crate) use crate::core::meta::OPT_OUT_ANNOTATION;
 
 /// What the user calls the three parts of a selection, so errors name what they wrote.
@@ -38,6 +39,22 @@ pub(crate) const SPEC: Fields = Fields {
     exclude: "spec.namespaces.exclude",
     selector: "spec.namespaces.selector",
 };
+
+/// `labels` with `kubernetes.io/metadata.name` set to the namespace's name, as the API server
+/// sets it: the namespace cache drops that label (`meta::slim_namespace`).
+fn with_name_label<'a>(
+    labels: &'a BTreeMap<String, String>,
+    name: &str,
+) -> std::borrow::Cow<'a, BTreeMap<String, String>> {
+    match labels.contains_key(NAME_LABEL) {
+        true => std::borrow::Cow::Borrowed(labels),
+        false => {
+            let mut labels = labels.clone();
+            labels.insert(NAME_LABEL.to_string(), name.to_string());
+            std::borrow::Cow::Owned(labels)
+        }
+    }
+}
 
 #[cfg(test)]
 const TARGET_FLAG: &str = FLAGS.include;
@@ -177,7 +194,7 @@ impl Selection {
         if !self.include.is_empty() && !self.include.iter().any(|g| g.matches(name)) {
             return Decision::NotSelected("not-included");
         }
-        if !self.selector.matches(labels) {
+        if !self.selector.selects_all() && !self.selector.matches(&with_name_label(labels, name)) {
             return Decision::NotSelected("label-selector");
         }
         Decision::Selected
@@ -628,6 +645,35 @@ mod tests {
                 "include={include:?} exclude={exclude:?} ns={ns}"
             );
         }
+    }
+
+    /// The namespace cache drops `kubernetes.io/metadata.name` (`meta::slim_namespace`); a
+    /// selector on it still matches, as on the API server.
+    #[test]
+    fn the_name_label_is_matched_without_being_cached() {
+        let empty = BTreeMap::new();
+        let s = selection(
+            "",
+            "",
+            Some("kubernetes.io/metadata.name in (team-a,team-b)"),
+        );
+        assert_eq!(
+            s.decide("team-a", &empty, &empty, false),
+            Decision::Selected
+        );
+        assert_eq!(
+            s.decide("team-c", &empty, &empty, false),
+            Decision::NotSelected("label-selector")
+        );
+        let s = selection("", "", Some("kubernetes.io/metadata.name!=team-a,env=prod"));
+        assert_eq!(
+            s.decide("team-b", &map("env=prod"), &empty, false),
+            Decision::Selected
+        );
+        assert_eq!(
+            s.decide("team-a", &map("env=prod"), &empty, false),
+            Decision::NotSelected("label-selector")
+        );
     }
 
     #[test]

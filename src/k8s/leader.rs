@@ -162,6 +162,8 @@ struct Observed {
     renew_time: Option<MicroTime>,
     resource_version: Option<String>,
     at: Instant,
+    /// Its lease duration.
+    duration: Duration,
 }
 
 pub(crate) struct Elector {
@@ -266,11 +268,13 @@ impl Elector {
             return false;
         };
         let spec = lease.spec.clone().unwrap_or_default();
+        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
         let seen = Observed {
             holder: spec.holder_identity.clone(),
             renew_time: spec.renew_time.clone(),
             resource_version: lease.resource_version(),
             at: now,
+            duration,
         };
         let changed = match &self.observed {
             Some(o) => {
@@ -284,10 +288,14 @@ impl Elector {
             self.observed = Some(seen);
             return false;
         }
-        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
         self.observed
             .as_ref()
-            .is_some_and(|o| now.duration_since(o.at) >= duration)
+            .is_some_and(|o| now.duration_since(o.at) >= o.duration)
+    }
+
+    /// When someone else's lease, as last seen, expires by our clock if nobody renews it.
+    fn expires_at(&self) -> Option<Instant> {
+        self.observed.as_ref().map(|o| o.at + o.duration)
     }
 
     /// Hands the lease over (on graceful shutdown), if we still hold it.
@@ -424,8 +432,14 @@ pub(crate) async fn run(
         if *leading.borrow() {
             tokio::time::sleep_until(started + config.retry_period).await;
         } else {
+            // At the next retry, or the moment the lease we saw expires if that is sooner: a
+            // follower takes over a dead leader's lease on time, not up to a retry period late.
+            let next = started + config.retry_period;
+            let wake = elector
+                .expires_at()
+                .map_or(next, |expiry| next.min(expiry + Duration::from_millis(1)));
             tokio::select! {
-                _ = tokio::time::sleep_until(started + config.retry_period) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = changes.next() => {}
             }
         }
@@ -492,6 +506,37 @@ mod tests {
             panic!()
         };
         assert_eq!(taken.acquire_time, Some(MicroTime(now)));
+    }
+
+    /// A follower wakes the moment the lease it saw expires (`run` sleeps until `expires_at`
+    /// when that is before its next retry), and finds it expired then, not a retry later.
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_seen_expires_a_lease_duration_after_it_was_seen() {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let mut elector = Elector::new(
+            client,
+            LeaseConfig {
+                namespace: "ns".into(),
+                name: "lease".into(),
+                identity: "me".into(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_secs(2),
+            },
+        );
+        let lease = Lease {
+            spec: Some(spec(Some("other"), 90, 3)),
+            ..Lease::default()
+        };
+        assert_eq!(elector.expires_at(), None);
+        let seen = Instant::now();
+        assert!(!elector.expired(Some(&lease), seen), "just seen");
+        assert_eq!(elector.expires_at(), Some(seen + Duration::from_secs(15)));
+        tokio::time::advance(Duration::from_millis(14_999)).await;
+        assert!(!elector.expired(Some(&lease), Instant::now()));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(elector.expired(Some(&lease), Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use futures::{Future, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::broadcast;
 
 use crate::core::meta::slim_namespace;
+use crate::core::names;
 
 /// Events a pipeline may miss without harm: a subscriber that falls this far behind gets
 /// `Lagged` and re-checks every namespace instead.
@@ -47,6 +48,7 @@ impl Namespaces {
     ) -> (Namespaces, impl Future<Output = ()> + Send + 'static) {
         let (store, writer) = reflector::store();
         let (events, _) = broadcast::channel(EVENTS_BUFFER);
+        let listed = store.clone();
         let namespaces = Namespaces {
             store,
             events: events.clone(),
@@ -60,14 +62,21 @@ impl Namespaces {
             .for_each(move |event| {
                 let event = match event {
                     Ok(watcher::Event::Apply(ns)) => {
-                        Some(NamespaceEvent::Applied(ns.name_any().into()))
+                        Some(NamespaceEvent::Applied(names::intern(&ns.name_any())))
                     }
-                    Ok(watcher::Event::Delete(ns)) => Some(NamespaceEvent::Deleted {
-                        name: ns.name_any().into(),
-                        uid: ns.uid(),
-                    }),
+                    Ok(watcher::Event::Delete(ns)) => {
+                        let name = names::intern(&ns.name_any());
+                        names::release(&name);
+                        Some(NamespaceEvent::Deleted {
+                            name,
+                            uid: ns.uid(),
+                        })
+                    }
                     // One event for a whole list, not one per namespace in it.
-                    Ok(watcher::Event::InitDone) => Some(NamespaceEvent::Listed),
+                    Ok(watcher::Event::InitDone) => {
+                        names::retain(|name| listed.get(&ObjectRef::new(name)).is_some());
+                        Some(NamespaceEvent::Listed)
+                    }
                     Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
                     Err(error) => {
                         on_error(&error);

@@ -76,7 +76,7 @@ pub struct Metrics {
     /// `None` for the flag-configured controller, else the EcrPullSecret's name.
     resource: Option<String>,
     /// Namespaces triggered but not yet picked up by a worker (what `queue_depth` counts).
-    queued: Mutex<HashSet<String>>,
+    queued: Mutex<HashSet<std::sync::Arc<str>>>,
     /// Their number, for those who wait for room in the queue.
     queued_len: tokio::sync::watch::Sender<usize>,
     /// What this configuration observed of itself, which its status is computed from. The
@@ -311,22 +311,29 @@ impl Metrics {
         }
     }
 
-    /// Takes this configuration's namespaces out of the gauges and drops its token series:
-    /// called when a resource is deleted or restarted with a new spec.
-    pub(crate) fn forget(&self) {
-        for name in self.observed.namespaces() {
-            self.namespace_state(&name, None);
+    /// Takes this configuration's namespaces out of the state and queue gauges: a pipeline
+    /// starts (or starts again, after a failure) with no namespace state of its own, since
+    /// each namespace's state is kept in the pipeline's table.
+    pub(crate) fn forget_namespaces(&self) {
+        for (state, count) in self.observed.forget_states() {
+            self.state_gauge(state).dec_by(i64::from(count));
         }
         let queued: Vec<String> = self
             .queued
             .lock()
             .expect("queued lock")
             .iter()
-            .cloned()
+            .map(|name| name.to_string())
             .collect();
         for name in queued {
             self.dequeued(&name);
         }
+    }
+
+    /// Takes this configuration's namespaces out of the gauges and drops its token series:
+    /// called when a resource is deleted or restarted with a new spec.
+    pub(crate) fn forget(&self) {
+        self.forget_namespaces();
         let identities = self.observed.forget_tokens();
         let f = &self.families;
         for identity in identities {
@@ -438,7 +445,7 @@ impl Metrics {
     /// takes it. Repeated triggers of a waiting namespace count once, as the queue merges them.
     pub fn enqueued(&self, name: &str) {
         let mut queued = self.queued.lock().expect("queued lock");
-        if queued.insert(name.to_string()) {
+        if !queued.contains(name) && queued.insert(crate::core::names::intern(name)) {
             self.families.queue_depth.inc();
             self.queued_len.send_replace(queued.len());
         }
@@ -477,26 +484,29 @@ impl Metrics {
             .inc();
     }
 
-    /// Records namespace `name`'s state; `None` forgets it (deleted or terminating).
-    pub fn namespace_state(&self, name: &str, state: Option<&'static str>) {
-        let previous = self.observed.namespace_state(name, state);
-        if previous == state {
+    /// A namespace moved from state `from` to `to` (`None`: it had none, or is forgotten:
+    /// deleted or terminating). The caller keeps each namespace's state (with the rest of its
+    /// entry, in the pipeline's Secret cache); this keeps the counts.
+    pub fn namespace_moved(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if from == to {
             return;
         }
-        let gauge = |s: &str| {
-            self.families
-                .namespaces
-                .get_or_create(&StateLabels {
-                    state: s.to_string(),
-                })
-                .clone()
-        };
-        if let Some(previous) = previous {
-            gauge(previous).dec();
+        self.observed.namespace_moved(from, to);
+        if let Some(from) = from {
+            self.state_gauge(from).dec();
         }
-        if let Some(state) = state {
-            gauge(state).inc();
+        if let Some(to) = to {
+            self.state_gauge(to).inc();
         }
+    }
+
+    fn state_gauge(&self, state: &str) -> Gauge {
+        self.families
+            .namespaces
+            .get_or_create(&StateLabels {
+                state: state.to_string(),
+            })
+            .clone()
     }
 
     /// The OpenMetrics text exposition.
@@ -609,9 +619,9 @@ mod tests {
     fn resources_share_the_gauges_and_keep_their_own_books() {
         let m = Metrics::new();
         let a = m.for_resource("team-a");
-        m.namespace_state("x", Some("synced"));
-        a.namespace_state("x", Some("failed"));
-        a.namespace_state("y", Some("synced"));
+        m.namespace_moved(None, Some("synced"));
+        a.namespace_moved(None, Some("failed"));
+        a.namespace_moved(None, Some("synced"));
         a.enqueued("x");
         m.enqueued("x");
         a.token_fetch_failed("us-east-1", "transient", "throttled");
@@ -685,12 +695,12 @@ mod tests {
     #[test]
     fn namespace_states_move_between_gauges() {
         let m = Metrics::new();
-        m.namespace_state("a", Some("synced"));
-        m.namespace_state("b", Some("synced"));
-        m.namespace_state("c", Some("conflict"));
-        m.namespace_state("b", Some("failed"));
-        m.namespace_state("b", Some("failed"));
-        m.namespace_state("c", None);
+        m.namespace_moved(None, Some("synced"));
+        m.namespace_moved(None, Some("synced"));
+        m.namespace_moved(None, Some("conflict"));
+        m.namespace_moved(Some("synced"), Some("failed"));
+        m.namespace_moved(Some("failed"), Some("failed"));
+        m.namespace_moved(Some("conflict"), None);
         let text = m.encode();
         for line in [
             "ecr_pull_secrets_namespaces{state=\"synced\"} 1",

@@ -3,9 +3,11 @@
 //! computed from this; the Prometheus gauges are fed from the same recordings (`Metrics`) but
 //! never read back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
+
+use crate::core::meta::{NAMESPACE_STATES, state_index};
 
 /// Something a human must fix, for a resource's status: a condition reason and a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +29,9 @@ pub(crate) struct TokenHealth {
 
 #[derive(Default)]
 pub struct Observed {
-    /// Each namespace's last state.
-    states: Mutex<HashMap<String, &'static str>>,
+    /// Namespaces per state (in the order of [`NAMESPACE_STATES`]). Each namespace's own state
+    /// is kept with the rest of its entry, in the pipeline's Secret cache.
+    states: Mutex<[u32; NAMESPACE_STATES.len()]>,
     /// Per identity (region or ecr-public).
     tokens: Mutex<BTreeMap<String, TokenHealth>>,
     /// The latest problem not shown by the counts (a refused watch or write, credentials that
@@ -89,23 +92,23 @@ impl Observed {
         self.tokens.lock().expect("tokens lock").clone()
     }
 
-    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`, `expired`).
+    /// Namespaces per state (`synced`, `failed`, `excluded`, `conflict`, `pending`, `expired`),
+    /// those with none left out.
     pub(crate) fn state_counts(&self) -> BTreeMap<&'static str, u32> {
-        let mut counts = BTreeMap::new();
-        for state in self.states.lock().expect("states lock").values() {
-            *counts.entry(*state).or_insert(0) += 1;
-        }
-        counts
+        let counts = self.states.lock().expect("states lock");
+        NAMESPACE_STATES
+            .iter()
+            .zip(counts.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(state, n)| (*state, *n))
+            .collect()
     }
 
-    /// Every namespace with a state.
-    pub(crate) fn namespaces(&self) -> Vec<String> {
-        self.states
-            .lock()
-            .expect("states lock")
-            .keys()
-            .cloned()
-            .collect()
+    /// Forgets every namespace's state; returns how many were in each.
+    pub(crate) fn forget_states(&self) -> BTreeMap<&'static str, u32> {
+        let counts = self.state_counts();
+        *self.states.lock().expect("states lock") = [0; NAMESPACE_STATES.len()];
+        counts
     }
 
     /// Drops every identity's health; returns the identities.
@@ -135,19 +138,18 @@ impl Observed {
         health.last_error = Some(message.to_string());
     }
 
-    /// Records namespace `name`'s state (`None` forgets it); returns the previous one.
-    pub(crate) fn namespace_state(
-        &self,
-        name: &str,
-        state: Option<&'static str>,
-    ) -> Option<&'static str> {
-        if matches!(state, Some("synced" | "excluded")) {
+    /// A namespace moved from state `from` to `to` (`None`: none, new or forgotten).
+    pub(crate) fn namespace_moved(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if matches!(to, Some("synced" | "excluded")) {
             self.progressed();
         }
-        let mut states = self.states.lock().expect("states lock");
-        match state {
-            Some(state) => states.insert(name.to_string(), state),
-            None => states.remove(name),
+        let mut counts = self.states.lock().expect("states lock");
+        if let Some(i) = from.and_then(state_index) {
+            let count = &mut counts[usize::from(i)];
+            *count = count.saturating_sub(1);
+        }
+        if let Some(i) = to.and_then(state_index) {
+            counts[usize::from(i)] += 1;
         }
     }
 }
