@@ -341,15 +341,27 @@ async fn data_edited_by_another_field_manager_is_restored() {
     assert_no_more_requests(ctx, server).await;
 }
 
+/// The API server's answer to a metadata-only read of `secret`.
+fn metadata_answer(secret: PartialObjectMeta<Secret>) -> serde_json::Value {
+    let mut answer = serde_json::to_value(secret).unwrap();
+    answer["apiVersion"] = json!("meta.k8s.io/v1");
+    answer["kind"] = json!("PartialObjectMetadata");
+    answer
+}
+
+/// team-a excluded, with `secret` in it.
+fn excluded_with(secret: PartialObjectMeta<Secret>) -> (Context, ApiServer) {
+    context(World {
+        selection: Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap(),
+        desired: Some(rendered()),
+        secrets: vec![secret],
+        ..World::default()
+    })
+}
+
 #[tokio::test]
 async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition() {
-    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
-    let (ctx, mut server) = context(World {
-        selection: excluded,
-        desired: Some(rendered()),
-        secrets: vec![cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[])],
-        ..World::default()
-    });
+    let (ctx, mut server) = excluded_with(cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[]));
     let api = tokio::spawn(async move {
         // The cache keeps no UID: the Secret's metadata is read, and checked to be ours.
         let (request, send) = server.next_request().await.expect("a read");
@@ -360,10 +372,7 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
         );
         let mut current = cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[]);
         current.metadata.uid = Some("current-uid".into());
-        let mut current = serde_json::to_value(&current).unwrap();
-        current["apiVersion"] = json!("meta.k8s.io/v1");
-        current["kind"] = json!("PartialObjectMetadata");
-        send.send_response(json_response(200, current));
+        send.send_response(json_response(200, metadata_answer(current)));
         let (request, send) = server.next_request().await.expect("a delete");
         assert_eq!(request.method(), "DELETE");
         assert_eq!(
@@ -386,13 +395,7 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
     assert_no_more_requests(ctx, server).await;
 
     // A foreign Secret in an excluded namespace is not ours to delete.
-    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
-    let (ctx, server) = context(World {
-        selection: excluded,
-        desired: Some(rendered()),
-        secrets: vec![cached_secret(&[], &[])],
-        ..World::default()
-    });
+    let (ctx, server) = excluded_with(cached_secret(&[], &[]));
     assert_eq!(
         ctx.reconcile_namespace(&namespace("team-a")).await.unwrap(),
         Outcome::NotSelected
@@ -400,20 +403,11 @@ async fn leaving_the_selection_deletes_only_our_secret_with_a_uid_precondition()
     assert_no_more_requests(ctx, server).await;
 
     // Ours in the cache, but replaced by someone else's since: read, and left alone.
-    let excluded = Selection::new(&FLAGS, &[], &["team-a".to_string()], None).unwrap();
-    let (ctx, mut server) = context(World {
-        selection: excluded,
-        desired: Some(rendered()),
-        secrets: vec![cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[])],
-        ..World::default()
-    });
+    let (ctx, mut server) = excluded_with(cached_secret(&[(MANAGED_LABEL, MANAGED_VALUE)], &[]));
     let api = tokio::spawn(async move {
         let (request, send) = server.next_request().await.expect("a read");
         assert_eq!(request.method(), "GET");
-        let mut foreign = serde_json::to_value(cached_secret(&[], &[])).unwrap();
-        foreign["apiVersion"] = json!("meta.k8s.io/v1");
-        foreign["kind"] = json!("PartialObjectMetadata");
-        send.send_response(json_response(200, foreign));
+        send.send_response(json_response(200, metadata_answer(cached_secret(&[], &[]))));
         server
     });
     assert_eq!(
