@@ -107,6 +107,7 @@ pub async fn lead(
         events: Events::new(env.client.clone(), env.identity.clone()),
         metrics: env.metrics.clone(),
         caches_ready,
+        in_flight: Default::default(),
     });
     // Not in `tasks`: it ends by design.
     let _caches_waiter = AbortOnDrop(tokio::spawn(

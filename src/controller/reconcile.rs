@@ -156,6 +156,31 @@ pub struct Context {
     /// How far the Secret (and ServiceAccount) caches are. A watch channel, because
     /// `Store::wait_until_ready` wakes only one of several waiters.
     pub caches_ready: watch::Receiver<Caches>,
+    /// Namespaces being reconciled: the fast lane and the queue never work on one at once.
+    pub in_flight: InFlight,
+}
+
+/// Namespaces a reconcile is working on. kube-runtime's queue never runs two reconciles of a
+/// namespace at once, but the fast lane runs beside it: both could write the same namespace.
+#[derive(Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<Arc<str>>>);
+
+/// Marks a namespace in flight until dropped.
+struct InFlightGuard<'a>(&'a InFlight, Arc<str>);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.lock().expect("in-flight lock").remove(&self.1);
+    }
+}
+
+impl InFlight {
+    /// `None` while another reconcile of `namespace` runs.
+    fn enter(&self, namespace: &str) -> Option<InFlightGuard<'_>> {
+        let name = crate::core::names::intern(namespace);
+        let entered = self.0.lock().expect("in-flight lock").insert(name.clone());
+        entered.then_some(InFlightGuard(self, name))
+    }
 }
 
 /// The caches a reconcile decides from, as a new leader brings them up.
@@ -672,6 +697,10 @@ pub async fn reconcile(
     if let Some(wait) = ctx.gate.check(&key, now) {
         return Ok(Action::requeue(wait));
     }
+    // Another reconcile (the fast lane's, or the queue's) is at it: look again after it.
+    let Some(_in_flight) = ctx.in_flight.enter(&ns.name_any()) else {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    };
     // Decisions come from the caches: wait until each has its first full list.
     if !ctx.caches_ready(&ns.name_any()).await {
         return Ok(Action::requeue(Duration::from_secs(1)));
