@@ -256,6 +256,29 @@ fn metric(exposition: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Creates namespace `name` after a leader was killed at `killed`: the time from the kill
+/// until the namespace holds our secret.
+async fn served_after(client: &Client, seen: &Seen, name: &str, killed: Instant) -> Duration {
+    create_namespace(client, name).await;
+    let written = seen
+        .all(&[name.to_string()], None, Duration::from_secs(60))
+        .await;
+    written.duration_since(killed)
+}
+
+/// Waits until the controller at `address` counts `count` namespaces synced.
+async fn wait_all_synced(address: &str, count: usize, who: &str) {
+    let synced = "ecr_pull_secrets_namespaces{state=\"synced\"}";
+    let checked_by = Instant::now() + Duration::from_secs(900);
+    while metric(&scrape(address).await, synced) < count as f64 {
+        assert!(
+            Instant::now() < checked_by,
+            "{who} did not report every namespace synced in 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn scrape(address: &str) -> String {
     http_get(address, "/metrics")
         .await
@@ -448,27 +471,19 @@ async fn bench(args: Args) {
     leader.kill();
     let killed = Instant::now();
     let name = format!("{PREFIX}-failover");
-    create_namespace(&client, &name).await;
-    let written = seen
-        .all(std::slice::from_ref(&name), None, Duration::from_secs(60))
-        .await;
-    let served = written.duration_since(killed);
+    let served = served_after(&client, &seen, &name, killed).await;
     let failover = seen
         .first_change_after(writes_seen)
         .map_or(served, |t| t.duration_since(killed));
     all_names.push(name);
     // The takeover's cost, once the new leader has checked every namespace: AWS calls and
     // writes besides the new namespace (a leader that adopts the written token makes none).
-    let follower_address = follower.admin_address().await;
-    let synced = "ecr_pull_secrets_namespaces{state=\"synced\"}";
-    let checked_by = Instant::now() + Duration::from_secs(900);
-    while metric(&scrape(&follower_address).await, synced) < all_names.len() as f64 {
-        assert!(
-            Instant::now() < checked_by,
-            "the new leader did not report every namespace synced in 900 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_synced(
+        &follower.admin_address().await,
+        all_names.len(),
+        "the new leader",
+    )
+    .await;
     let takeover_writes = seen.changes() - writes_seen - 1;
     let takeover_aws_calls = env.call_log().len() - calls_before_kill;
     eprintln!(
@@ -483,21 +498,10 @@ async fn bench(args: Args) {
     let killed = Instant::now();
     let restarted = env.controller_with_env("restarted", &common, &[("POD_NAME", "restarted")]);
     let name = format!("{PREFIX}-restart");
-    create_namespace(&client, &name).await;
-    let written = seen
-        .all(std::slice::from_ref(&name), None, Duration::from_secs(60))
-        .await;
-    let restart_served = written.duration_since(killed);
+    let restart_served = served_after(&client, &seen, &name, killed).await;
     all_names.push(name);
     let restarted_address = restarted.admin_address().await;
-    let checked_by = Instant::now() + Duration::from_secs(900);
-    while metric(&scrape(&restarted_address).await, synced) < all_names.len() as f64 {
-        assert!(
-            Instant::now() < checked_by,
-            "the restarted replica did not report every namespace synced in 900 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_synced(&restarted_address, all_names.len(), "the restarted replica").await;
     let restart_writes = seen.changes() - writes_seen - 1;
     let restart_aws_calls = env.call_log().len() - calls_before_restart;
     eprintln!(

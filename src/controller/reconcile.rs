@@ -177,7 +177,8 @@ impl Drop for InFlightGuard<'_> {
 impl InFlight {
     /// `None` while another reconcile of `namespace` runs.
     fn enter(&self, namespace: &str) -> Option<InFlightGuard<'_>> {
-        let name = crate::core::names::intern(namespace);
+        // Not interned: the name may be of a namespace already gone.
+        let name: Arc<str> = Arc::from(namespace);
         let entered = self.0.lock().expect("in-flight lock").insert(name.clone());
         entered.then_some(InFlightGuard(self, name))
     }

@@ -508,8 +508,8 @@ mod tests {
         assert_eq!(taken.acquire_time, Some(MicroTime(now)));
     }
 
-    /// A follower wakes the moment the lease it saw expires (`run` sleeps until `expires_at`
-    /// when that is before its next retry), and finds it expired then, not a retry later.
+    /// The instant `run` sleeps until when it is before the next retry (`expires_at`) is the
+    /// one at which the lease counts as expired: a follower waking then takes it over.
     #[tokio::test(start_paused = true)]
     async fn the_lease_seen_expires_a_lease_duration_after_it_was_seen() {
         let client =
