@@ -11,7 +11,7 @@ use ecr_pull_secrets::controller::pipeline::Env;
 use ecr_pull_secrets::controller::reconcile::{
     self, Caches, Context, Outcome, Requests, WriteLimiter,
 };
-use ecr_pull_secrets::controller::supervisor::report_flags_status;
+use ecr_pull_secrets::controller::supervisor::{FlagsReport, report_flags_status};
 use ecr_pull_secrets::core::backoff::{Exponential, Gate};
 use ecr_pull_secrets::core::meta::{
     FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL, ours,
@@ -1116,8 +1116,10 @@ async fn cleanup_behind_a_closed_fence_deletes_nothing() {
     assert!(server.next_request().await.is_none(), "no delete sent");
 }
 
+/// The flag-configured pipeline's Ready verdict goes where a resource's would: a metric, a
+/// published status (the annotation the elector writes on the Lease), and an Event per change.
 #[tokio::test(start_paused = true)]
-async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
+async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event_per_change() {
     let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let metrics = Arc::new(Metrics::new());
@@ -1145,7 +1147,24 @@ async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
         "CredentialsUnavailable",
         "the credentials Secret ecr/aws does not exist".into(),
     );
-    let _reporter = tokio::spawn(report_flags_status(env, lease));
+    let (ready, mut published) = tokio::sync::watch::channel(None);
+    let _reporter = tokio::spawn(report_flags_status(
+        env,
+        FlagsReport { lease, ready },
+        "ecr-pull-secret".into(),
+    ));
+    let ready_metric = |metrics: &Metrics| {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("ecr_pull_secrets_resource_ready{resource=\"(flags)\"} "))
+            .map(str::to_string)
+    };
+    let mut next_published = async move || -> serde_json::Value {
+        published.changed().await.expect("the reporter publishes");
+        let value = published.borrow_and_update().clone().expect("a verdict");
+        serde_json::from_str(&value).expect("JSON")
+    };
     let mut next_event = async || {
         let (request, send) = server.next_request().await.expect("an Event");
         assert_eq!(request.method(), "POST");
@@ -1158,6 +1177,11 @@ async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
         body
     };
     let degraded = next_event().await;
+    let verdict = next_published().await;
+    assert_eq!(verdict["secretName"], "ecr-pull-secret");
+    assert_eq!(verdict["status"], "False");
+    assert_eq!(verdict["reason"], "CredentialsUnavailable", "{verdict}");
+    assert_eq!(ready_metric(&metrics).as_deref(), Some("0"));
     assert_eq!(degraded["reason"], "CredentialsUnavailable", "{degraded}");
     assert_eq!(degraded["type"], "Warning");
     assert_eq!(degraded["regarding"]["kind"], "Lease");
@@ -1175,6 +1199,13 @@ async fn the_flag_configured_verdict_is_an_event_on_the_lease_at_each_change() {
     let synced = next_event().await;
     assert_eq!(synced["reason"], "Synced", "{synced}");
     assert_eq!(synced["type"], "Normal");
+    let verdict = next_published().await;
+    assert_eq!(
+        (&verdict["status"], &verdict["reason"]),
+        (&"True".into(), &"Synced".into()),
+        "{verdict}"
+    );
+    assert_eq!(ready_metric(&metrics).as_deref(), Some("1"));
     // Nothing changes: no more Events, however long it runs.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(

@@ -126,7 +126,7 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
-    /// (alertname, identity label, state) of every pending or firing alert.
+    /// (alertname, identity or resource label, state) of every pending or firing alert.
     fn alerts(&self) -> Vec<(String, String, String)> {
         let Some(body) = self.get("/api/v1/alerts") else {
             return Vec::new();
@@ -141,7 +141,7 @@ impl Prometheus {
                 let label = |k: &str| a["labels"][k].as_str().unwrap_or("").to_string();
                 (
                     label("alertname"),
-                    label("identity"),
+                    label("identity") + &label("resource"),
                     a["state"].as_str().unwrap_or("").to_string(),
                 )
             })
@@ -246,28 +246,32 @@ async fn alerts_fire_on_an_aws_outage_and_resolve_on_a_real_prometheus() {
     }
 
     // Outage: every call fails. Refresh failing fires at the first failed refresh, expiring
-    // soon once the last good token has under 12 s left.
+    // soon once the last good token has under 12 s left, and the flag-configured secret's Ready
+    // verdict (TokenRefreshFailing) makes ResourceNotReady fire for `(flags)`.
     env.set_emulator(&json!({ "ttl_seconds": 40, "fail": "5xx" }));
     eventually(
-        "RefreshFailing and TokenExpiringSoon firing",
+        "RefreshFailing, TokenExpiringSoon and ResourceNotReady firing",
         Duration::from_secs(60),
         || async {
             (prometheus.firing("EcrPullSecretsRefreshFailing") == [identity.clone()]
-                && prometheus.firing("EcrPullSecretsTokenExpiringSoon") == [identity.clone()])
+                && prometheus.firing("EcrPullSecretsTokenExpiringSoon") == [identity.clone()]
+                && prometheus.firing("EcrPullSecretsResourceNotReady") == ["(flags)"])
             .then_some(())
         },
     )
     .await;
 
-    // Recovery: the next retry succeeds and both alerts resolve.
+    // Recovery: the next retry succeeds and the three alerts resolve.
     env.set_emulator(&json!({ "ttl_seconds": 40 }));
     eventually(
-        "both alerts resolved after recovery",
+        "the alerts resolved after recovery",
         Duration::from_secs(150),
         || async {
             let alerts = prometheus.alerts();
             (!alerts.iter().any(|(name, _, _)| {
-                name == "EcrPullSecretsRefreshFailing" || name == "EcrPullSecretsTokenExpiringSoon"
+                name == "EcrPullSecretsRefreshFailing"
+                    || name == "EcrPullSecretsTokenExpiringSoon"
+                    || name == "EcrPullSecretsResourceNotReady"
             }))
             .then_some(())
         },

@@ -99,95 +99,209 @@ fn seconds_until(rfc3339: &str) -> i64 {
     }
 }
 
-#[tokio::test]
-async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespace_is_not_synced() {
-    let Some(env) = testenv() else { return };
-    let started = Instant::now();
-    let client = client().await;
-    let p = unique("status");
-    let ns = |suffix: &str| format!("{p}-{suffix}");
-    let (a, b, skip, optout, gone, foreign) = (
-        ns("a"),
-        ns("b"),
-        ns("skip"),
-        ns("optout"),
-        ns("gone"),
-        ns("foreign"),
-    );
-    let secret_name = format!("pull-{p}");
-    for name in [&a, &b, &skip, &gone] {
-        create_namespace(&client, name).await;
-    }
-    create_annotated_namespace(&client, &optout, "ecr-pull-secrets.io/exclude", "true").await;
-    // A foreign Secret with our name, made before the controller starts in a namespace that opts
-    // out: step 2 lets it join the selection. Made in a namespace the controller already
-    // selects, the controller's write could come first (it did: a 409 for the test).
-    create_annotated_namespace(&client, &foreign, "ecr-pull-secrets.io/exclude", "true").await;
-    let data = BTreeMap::from([("token".to_string(), ByteString(b"theirs".to_vec()))]);
-    create_foreign_secret(&client, &foreign, &secret_name, data).await;
-    // Deleted, it stays Terminating: the test environment has no namespace controller.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .delete(&gone, &DeleteParams::default())
-        .await
-        .unwrap();
+/// The shared fixture: namespaces of a fresh prefix for every state `status` reports, and a
+/// controller serving them. Each scenario builds its own, so each runs alone and in any order.
+struct Fixture {
+    env: TestEnv,
+    client: kube::Client,
+    /// Selected, and written by the controller.
+    a: String,
+    b: String,
+    /// Excluded by `--exclude-namespaces`.
+    skip: String,
+    /// Opted out by annotation.
+    optout: String,
+    /// Deleted: stays Terminating (the test environment has no namespace controller).
+    gone: String,
+    /// Opted out, with a foreign Secret of our name; [`Fixture::select_foreign`] opts it in.
+    foreign: String,
+    secret_name: String,
+    lease: String,
+    identity: String,
+    targets: String,
+    controller: Controller,
+    /// What the controller wrote to `a` and `b`, once [`Fixture::synced`] saw it.
+    secrets: BTreeMap<String, PullSecret>,
+}
 
-    let lease = format!("lease-{p}");
-    let identity = format!("leader-{p}");
-    let targets = format!("{p}-*");
-    let selection = [
-        "--secret-name",
-        secret_name.as_str(),
-        "--target-namespaces",
-        targets.as_str(),
-        "--exclude-namespaces",
-        skip.as_str(),
-    ];
-    let mut controller_args = selection.to_vec();
-    controller_args.extend(["--lease-name", &lease, "--identity", &identity]);
-    let mut controller = env.controller(&p, &controller_args);
-    let mut secrets = BTreeMap::new();
-    for name in [&a, &b] {
-        let secret = eventually("the secret written", Duration::from_secs(30), || async {
-            get_secret(&client, name, &secret_name).await
-        })
-        .await;
-        secrets.insert(name.clone(), decode(&secret));
+impl Fixture {
+    /// The namespaces, then the controller (with the emulator as the scenario left it).
+    async fn start(env: TestEnv) -> Fixture {
+        let client = client().await;
+        let p = unique("status");
+        let ns = |suffix: &str| format!("{p}-{suffix}");
+        let (a, b, skip, optout, gone, foreign) = (
+            ns("a"),
+            ns("b"),
+            ns("skip"),
+            ns("optout"),
+            ns("gone"),
+            ns("foreign"),
+        );
+        let secret_name = format!("pull-{p}");
+        for name in [&a, &b, &skip, &gone] {
+            create_namespace(&client, name).await;
+        }
+        create_annotated_namespace(&client, &optout, "ecr-pull-secrets.io/exclude", "true").await;
+        // The foreign Secret is made before the controller starts, in a namespace that opts
+        // out: made in one the controller selects, the controller's write could come first.
+        create_annotated_namespace(&client, &foreign, "ecr-pull-secrets.io/exclude", "true").await;
+        let data = BTreeMap::from([("token".to_string(), ByteString(b"theirs".to_vec()))]);
+        create_foreign_secret(&client, &foreign, &secret_name, data).await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .delete(&gone, &DeleteParams::default())
+            .await
+            .unwrap();
+        let (lease, identity, targets) = (format!("lease-{p}"), format!("leader-{p}"), ns("*"));
+        let controller = env.controller(
+            &p,
+            &[
+                "--secret-name",
+                &secret_name,
+                "--target-namespaces",
+                &targets,
+                "--exclude-namespaces",
+                &skip,
+                "--lease-name",
+                &lease,
+                "--identity",
+                &identity,
+            ],
+        );
+        Fixture {
+            env,
+            client,
+            a,
+            b,
+            skip,
+            optout,
+            gone,
+            foreign,
+            secret_name,
+            lease,
+            identity,
+            targets,
+            controller,
+            secrets: BTreeMap::new(),
+        }
     }
-    let mut status_args = selection.to_vec();
-    status_args.extend(["--lease-name", &lease]);
-    let with = |extra: &[&'static str]| {
-        let mut args = status_args.clone();
+
+    /// Waits until the controller wrote `a` and `b`, and keeps what it wrote.
+    async fn synced(&mut self) {
+        for name in [&self.a, &self.b] {
+            let secret = eventually("the secret written", Duration::from_secs(30), || async {
+                get_secret(&self.client, name, &self.secret_name).await
+            })
+            .await;
+            self.secrets.insert(name.clone(), decode(&secret));
+        }
+    }
+
+    /// `status` with the controller's selection, its Lease, and `extra`. Whatever it prints,
+    /// it never prints a token.
+    fn status(&self, extra: &[&str]) -> Run {
+        self.status_excluding(&self.skip, extra)
+    }
+
+    /// `status` as [`Fixture::status`], with `--exclude-namespaces exclude`.
+    fn status_excluding(&self, exclude: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "--secret-name",
+            &self.secret_name,
+            "--target-namespaces",
+            &self.targets,
+            "--exclude-namespaces",
+            exclude,
+            "--lease-name",
+            &self.lease,
+        ];
         args.extend_from_slice(extra);
-        args
-    };
+        let run = status(&args, &[]);
+        for secret in self.secrets.values() {
+            for output in [&run.stdout, &run.stderr] {
+                assert!(!output.contains(&secret.password), "a token was printed");
+            }
+        }
+        run
+    }
 
-    // 1. All selected namespaces synced: exit 0, and the JSON says why.
-    let run = status(&with(&["-o", "json"]), &[]);
+    /// The foreign Secret's namespace opts in: a conflict.
+    async fn select_foreign(&self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .patch(
+                &self.foreign,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": null}}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Stops the controller (it releases the lease on SIGTERM).
+    fn stop_controller(&mut self) {
+        assert_eq!(self.controller.terminate(Duration::from_secs(20)), Some(0));
+    }
+
+    async fn delete(self) {
+        let names = [
+            self.a,
+            self.b,
+            self.skip,
+            self.optout,
+            self.gone,
+            self.foreign,
+        ];
+        delete_namespaces(&self.client, &names).await;
+    }
+}
+
+/// The leader's Ready verdict as `status -o json` shows it, once its reason is `reason`.
+async fn verdict(fixture: &Fixture, reason: &str) -> Value {
+    eventually(
+        &format!("status to show Ready with reason {reason}"),
+        Duration::from_secs(60),
+        || async {
+            let ready = fixture.status(&["-o", "json"]).json()["ready"].clone();
+            (ready["reason"] == reason).then_some(ready)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_selected_namespace_synced_exits_0_and_the_json_says_why() {
+    let Some(env) = testenv() else { return };
+    let mut f = Fixture::start(env).await;
+    f.synced().await;
+    let run = f.status(&["-o", "json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
-    assert_eq!(report["secretName"], secret_name.as_str());
+    assert_eq!(report["secretName"], f.secret_name.as_str());
     let leader = &report["leader"];
-    assert_eq!(leader["holder"], identity.as_str(), "{leader}");
+    assert_eq!(leader["holder"], f.identity.as_str(), "{leader}");
     assert_eq!(leader["expired"], false);
     assert!(
         leader["lease"]
             .as_str()
             .unwrap()
-            .ends_with(&format!("/{lease}"))
+            .ends_with(&format!("/{}", f.lease))
     );
     assert!(seconds_until(leader["renewTime"].as_str().unwrap()) > -20);
-    for name in [&a, &b] {
+    for name in [&f.a, &f.b] {
         let r = row(&report, name);
         assert_eq!(r["selected"], true);
         assert_eq!(r["reason"], Value::Null);
         assert_eq!(r["state"], "synced", "{r}");
-        assert_eq!(r["registries"], json!([env.default_registry()]));
+        assert_eq!(r["registries"], json!([f.env.default_registry()]));
         // The emulator's tokens live 12 h; the annotation is the token's expiry.
         let expires = r["expiresAt"].as_str().unwrap();
         assert_eq!(
             humantime::parse_rfc3339(expires).unwrap(),
-            secrets[name].expires_at
+            f.secrets[name].expires_at
         );
         assert!(seconds_until(expires) > 11 * 3600, "{expires}");
         let written = seconds_until(r["lastWrite"].as_str().unwrap());
@@ -197,7 +311,7 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
         );
         assert_eq!(r["serviceAccountsMissing"], Value::Null);
     }
-    for (name, reason) in [(&skip, "excluded"), (&optout, "opt-out")] {
+    for (name, reason) in [(&f.skip, "excluded"), (&f.optout, "opt-out")] {
         let r = row(&report, name);
         assert_eq!(r["selected"], false);
         assert_eq!(r["reason"], reason);
@@ -205,8 +319,8 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
         assert_eq!(r["registries"], json!([]));
         assert_eq!(r["expiresAt"], Value::Null);
     }
-    assert_eq!(row(&report, &gone)["state"], "terminating");
-    assert_eq!(row(&report, &gone)["reason"], "terminating");
+    assert_eq!(row(&report, &f.gone)["state"], "terminating");
+    assert_eq!(row(&report, &f.gone)["reason"], "terminating");
     // Other tests' namespaces are not ours to count (they are excluded or terminating).
     let counts = &report["counts"];
     assert_eq!(counts["synced"], 2, "{counts}");
@@ -223,24 +337,22 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(counted, rows, "every namespace counted once");
+    f.delete().await;
+}
 
-    // 2. A foreign Secret with our name in a selected namespace: conflict, exit 3; table output.
-    namespaces
-        .patch(
-            &foreign,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": null}}}),
-            ),
-        )
-        .await
-        .unwrap();
-    let run = status(&with(&[]), &[]);
+#[tokio::test]
+async fn a_foreign_secret_in_a_selected_namespace_is_a_conflict_exit_3_and_the_table_says_why() {
+    let Some(env) = testenv() else { return };
+    let mut f = Fixture::start(env).await;
+    f.synced().await;
+    f.select_foreign().await;
+    let run = f.status(&[]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     let table = &run.stdout;
     assert!(
         table.starts_with(&format!(
-            "Secret: {secret_name}\nLeader: {identity} (Lease "
+            "Secret: {}\nLeader: {} (Lease ",
+            f.secret_name, f.identity
         )),
         "{table}"
     );
@@ -260,25 +372,25 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
             "LAST WRITE"
         ]
     );
-    assert_eq!(table_row(table, &a), [a.as_str(), "yes", "synced"]);
+    assert_eq!(table_row(table, &f.a), [f.a.as_str(), "yes", "synced"]);
     assert_eq!(
-        table_row(table, &foreign),
-        [foreign.as_str(), "yes", "conflict"]
+        table_row(table, &f.foreign),
+        [f.foreign.as_str(), "yes", "conflict"]
     );
     assert_eq!(
-        table_row(table, &skip),
-        [skip.as_str(), "no (excluded)", "excluded"]
+        table_row(table, &f.skip),
+        [f.skip.as_str(), "no (excluded)", "excluded"]
     );
     assert_eq!(
-        table_row(table, &optout),
-        [optout.as_str(), "no (opt-out)", "excluded"]
+        table_row(table, &f.optout),
+        [f.optout.as_str(), "no (opt-out)", "excluded"]
     );
     assert_eq!(
-        table_row(table, &gone),
-        [gone.as_str(), "no (terminating)", "terminating"]
+        table_row(table, &f.gone),
+        [f.gone.as_str(), "no (terminating)", "terminating"]
     );
-    let a_line = table.lines().find(|l| l.starts_with(a.as_str())).unwrap();
-    assert!(a_line.contains(&env.default_registry()), "{a_line}");
+    let a_line = table.lines().find(|l| l.starts_with(f.a.as_str())).unwrap();
+    assert!(a_line.contains(&f.env.default_registry()), "{a_line}");
     assert!(
         a_line.contains("(in 11h") || a_line.contains("(in 12h"),
         "{a_line}"
@@ -290,23 +402,31 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
     );
     assert!(table.contains("\nconflict: a Secret"), "{table}");
     assert!(table.contains("--adopt-existing"), "{table}");
+    f.delete().await;
+}
 
-    // 3. Controller stopped (the lease is released), one secret deleted: missing, exit 3.
-    assert_eq!(controller.terminate(Duration::from_secs(20)), Some(0));
-    let api: Api<Secret> = Api::namespaced(client.clone(), &a);
-    api.delete(&secret_name, &DeleteParams::default())
+#[tokio::test]
+async fn a_stopped_controller_released_the_lease_and_a_deleted_secret_is_missing() {
+    let Some(env) = testenv() else { return };
+    let mut f = Fixture::start(env).await;
+    f.synced().await;
+    verdict(&f, "Synced").await;
+    f.select_foreign().await;
+    f.stop_controller();
+    let api: Api<Secret> = Api::namespaced(f.client.clone(), &f.a);
+    api.delete(&f.secret_name, &DeleteParams::default())
         .await
         .unwrap();
-    let run = status(&with(&["--output", "json"]), &[]);
+    let run = f.status(&["--output", "json"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     let report = run.json();
-    let r = row(&report, &a);
+    let r = row(&report, &f.a);
     assert_eq!(r["state"], "missing", "{r}");
     assert_eq!(r["selected"], true);
     assert_eq!(r["registries"], json!([]));
     assert_eq!(r["lastWrite"], Value::Null);
-    assert_eq!(row(&report, &b)["state"], "synced");
-    assert_eq!(row(&report, &foreign)["state"], "conflict");
+    assert_eq!(row(&report, &f.b)["state"], "synced");
+    assert_eq!(row(&report, &f.foreign)["state"], "conflict");
     assert_eq!(
         report["leader"]["holder"],
         Value::Null,
@@ -315,59 +435,132 @@ async fn status_shows_every_state_the_leader_and_exits_3_when_a_selected_namespa
     assert_eq!(report["counts"]["missing"], 1);
     assert_eq!(report["counts"]["conflict"], 1);
     assert_eq!(report["counts"]["synced"], 1);
-    let run = status(&with(&[]), &[]);
+    // The last verdict stays on the Lease, marked as its publisher's, who no longer leads.
+    assert_eq!(report["ready"]["stale"], true, "{}", report["ready"]);
+    let run = f.status(&[]);
     assert_eq!(run.code, 3);
     assert!(
         run.stdout.contains("Leader: none: Lease ") && run.stdout.contains(" released"),
         "{}",
         run.stdout
     );
-    assert_eq!(table_row(&run.stdout, &a), [a.as_str(), "yes", "missing"]);
+    assert!(
+        run.stdout
+            .contains("no longer leads, so it may be out of date"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        table_row(&run.stdout, &f.a),
+        [f.a.as_str(), "yes", "missing"]
+    );
+    f.delete().await;
+}
 
-    // 4. The data edited by someone else: edited. Left out of the selection: orphaned.
-    let secrets_b: Api<Secret> = Api::namespaced(client.clone(), &b);
+#[tokio::test]
+async fn data_edited_by_someone_else_is_edited_and_a_deselected_secret_is_orphaned() {
+    let Some(env) = testenv() else { return };
+    let mut f = Fixture::start(env).await;
+    f.synced().await;
+    // Stopped, so that nobody repairs the edit.
+    f.stop_controller();
+    let secrets_b: Api<Secret> = Api::namespaced(f.client.clone(), &f.b);
     let edit = json!({"data": {".dockerconfigjson": ByteString(br#"{"auths":{}}"#.to_vec())}});
     let params = PatchParams {
         field_manager: Some("someone-else".into()),
         ..PatchParams::default()
     };
     secrets_b
-        .patch(&secret_name, &params, &Patch::Merge(&edit))
+        .patch(&f.secret_name, &params, &Patch::Merge(&edit))
         .await
         .unwrap();
-    let report = status(&with(&["-o", "json"]), &[]).json();
-    assert_eq!(row(&report, &b)["state"], "edited");
-    let exclude_b = format!("{skip},{b}");
-    let orphan_args: Vec<&str> = [
-        "--secret-name",
-        secret_name.as_str(),
-        "--target-namespaces",
-        targets.as_str(),
-        "--exclude-namespaces",
-        exclude_b.as_str(),
-        "--lease-name",
-        lease.as_str(),
-        "-o",
-        "json",
-    ]
-    .to_vec();
-    let run = status(&orphan_args, &[]);
-    assert_eq!(run.code, 3, "a still missing, foreign a conflict");
-    let r = row(&run.json(), &b).clone();
+    let run = f.status(&["-o", "json"]);
+    assert_eq!(run.code, 3, "b edited");
+    assert_eq!(row(&run.json(), &f.b)["state"], "edited");
+    let run = f.status_excluding(&format!("{},{}", f.skip, f.b), &["-o", "json"]);
+    assert_eq!(run.code, 0, "a synced; b orphaned, which is not selected");
+    let r = row(&run.json(), &f.b).clone();
     assert_eq!(
         (&r["state"], &r["reason"]),
         (&json!("orphaned"), &json!("excluded"))
     );
-    assert_eq!(r["registries"], json!([env.default_registry()]), "{r}");
+    assert_eq!(r["registries"], json!([f.env.default_registry()]), "{r}");
+    f.delete().await;
+}
 
-    // Never a token in what status prints.
-    for secret in secrets.values() {
-        for output in [&run.stdout, &run.stderr, table] {
-            assert!(!output.contains(&secret.password), "a token was printed");
-        }
-    }
-    eprintln!("status e2e took {:?}", started.elapsed());
-    delete_namespaces(&client, &[a, b, skip, optout, gone, foreign]).await;
+/// The flag-configured secret's Ready verdict, as a resource's status would carry it: in
+/// `status` (published on the Lease) and in `ecr_pull_secrets_resource_ready{resource="(flags)"}`.
+#[tokio::test]
+async fn the_leaders_ready_verdict_is_in_status_and_in_a_metric_and_follows_aws() {
+    let Some(env) = testenv() else { return };
+    // AWS refuses every call from the start: nothing can be written.
+    env.set_emulator(&json!({ "fail": "5xx" }));
+    let f = Fixture::start(env).await;
+    let admin = f.controller.admin_address().await;
+    let ready_metric = || async {
+        let (_, body) = http_get(&admin, "/metrics").await?;
+        sample(
+            &body,
+            "ecr_pull_secrets_resource_ready{resource=\"(flags)\"}",
+        )
+    };
+    let failing = verdict(&f, "TokenRefreshFailing").await;
+    assert_eq!(failing["secretName"], f.secret_name.as_str());
+    assert_eq!(failing["status"], "False", "{failing}");
+    assert!(
+        failing["message"]
+            .as_str()
+            .unwrap()
+            .contains("retried with backoff"),
+        "{failing}"
+    );
+    assert_eq!(failing["stale"], false);
+    assert_eq!(ready_metric().await, Some(0.0));
+    let run = f.status(&[]);
+    assert_eq!(run.code, 3, "nothing written yet");
+    assert!(
+        run.stdout
+            .contains("\nReady: False (TokenRefreshFailing) since "),
+        "{}",
+        run.stdout
+    );
+
+    // AWS answers again: the verdict and the metric follow.
+    f.env.set_emulator(&json!({}));
+    let synced = verdict(&f, "Synced").await;
+    assert_eq!(synced["status"], "True", "{synced}");
+    eventually("the metric at 1", Duration::from_secs(30), || async {
+        (ready_metric().await == Some(1.0)).then_some(())
+    })
+    .await;
+    let run = f.status(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("\nReady: True (Synced) since "),
+        "{}",
+        run.stdout
+    );
+    // Another --secret-name than the controller's: its verdict is not passed off as this one's.
+    let other = status(
+        &[
+            "--secret-name",
+            "another",
+            "--lease-name",
+            &f.lease,
+            "--target-namespaces",
+            "none-*",
+        ],
+        &[],
+    );
+    assert!(
+        other.stdout.contains(&format!(
+            "Ready: not published for another: the controller's flag-configured secret is {}",
+            f.secret_name
+        )),
+        "{}",
+        other.stdout
+    );
+    f.delete().await;
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use crate::cli::args::RunArgs;
 use crate::controller::AbortOnDrop;
 use crate::controller::admin::{self, AdminState};
 use crate::controller::pipeline::Env;
+use crate::controller::supervisor::FlagsReport;
 use crate::core::api_failure::ApiFailure;
 use crate::core::pipeline::PipelineConfig;
 use crate::k8s::client::{api_message, call, connect};
@@ -33,12 +34,24 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let (stop, signals) = on_signals(&health);
     let client = start(&args, &health).await?;
     let lease = lease_config(&client, &args);
-    let (fence, mut leading, election) = contend(&client, &lease, &args, &metrics, &health);
+    let (ready, published) = watch::channel(None);
+    let (fence, mut leading, election) =
+        contend(&client, &lease, &args, &metrics, &health, published);
     if !follow_until_leading(&mut leading, stop.clone(), args.shutdown_delay).await? {
         return Ok(());
     }
+    let report = FlagsReport {
+        lease: ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(lease.name.clone()),
+            namespace: Some(lease.namespace.clone()),
+            ..ObjectReference::default()
+        },
+        ready,
+    };
     let result = tokio::select! {
-        result = lead(&args, flags, &client, &lease, fence, metrics, stop) => result,
+        result = lead(&args, flags, &client, report, fence, metrics, stop) => result,
         _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership(
             "the lease was not renewed within the renew deadline, or another replica took it; \
              the leader's work was stopped, exiting so a fresh start can contend again".into(),
@@ -110,13 +123,14 @@ fn lease_config(client: &Client, args: &RunArgs) -> LeaseConfig {
 }
 
 /// Starts the election: the write fence, whether this replica leads, and the renew loop
-/// (stopped when dropped).
+/// (stopped when dropped), which publishes `ready` on the Lease while it leads.
 fn contend(
     client: &Client,
     lease: &LeaseConfig,
     args: &RunArgs,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
+    ready: watch::Receiver<Option<String>>,
 ) -> (Fence, watch::Receiver<bool>, AbortOnDrop<()>) {
     tracing::info!(
         identity = lease.identity,
@@ -126,7 +140,7 @@ fn contend(
     let (leading_tx, leading) = watch::channel(false);
     let fence = Fence::new(args.renew_deadline);
     let election = AbortOnDrop(tokio::spawn(leader::run(
-        Elector::new(client.clone(), lease.clone()),
+        Elector::new(client.clone(), lease.clone()).publishing(ready),
         leading_tx,
         fence.clone(),
         metrics.clone(),
@@ -162,7 +176,7 @@ async fn lead(
     args: &RunArgs,
     flags: Option<PipelineConfig>,
     client: &Client,
-    lease: &LeaseConfig,
+    report: FlagsReport,
     fence: Fence,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -197,19 +211,12 @@ async fn lead(
         namespace: own_namespace(client, args),
         identity: args.identity.clone(),
     };
-    let lease_ref = ObjectReference {
-        api_version: Some("coordination.k8s.io/v1".into()),
-        kind: Some("Lease".into()),
-        name: Some(lease.name.clone()),
-        namespace: Some(lease.namespace.clone()),
-        ..ObjectReference::default()
-    };
     let pipelines = crate::controller::supervisor::serve(
         env,
         args.inherited(),
         flags,
         args.resources,
-        lease_ref,
+        report,
         stop,
     );
     tokio::select! {

@@ -26,6 +26,7 @@ use crate::core::meta::{
     EXPIRES_ANNOTATION, FIELD_MANAGER, FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
     REGISTRIES_ANNOTATION, edited_by_someone_else, ours,
 };
+use crate::core::readiness::{READY_ANNOTATION, Readiness};
 use crate::core::selection::{Decision, Selection};
 use crate::core::service_accounts::Targets;
 use crate::core::time::{relative, rfc3339, span};
@@ -230,6 +231,12 @@ pub struct Report {
     pub(crate) secret_name: String,
     /// `None` when there is no Lease.
     pub(crate) leader: Option<Leader>,
+    /// The flag-configured secret's Ready verdict, as the leader publishes it on the Lease;
+    /// `None` when none is published (or it is unreadable: see `ready_unreadable`).
+    pub(crate) ready: Option<Ready>,
+    /// Why the published verdict could not be read (table only).
+    #[serde(skip)]
+    pub(crate) ready_unreadable: Option<String>,
     /// Every namespace, sorted by name.
     pub(crate) namespaces: Vec<Row>,
     pub(crate) counts: Counts,
@@ -250,6 +257,25 @@ pub(crate) struct Leader {
     pub(crate) lease_transitions: Option<i32>,
     /// Not renewed within its duration, by this machine's clock: nobody is leading.
     pub(crate) expired: bool,
+}
+
+/// The Ready condition the controller computes for its flag-configured secret, as an
+/// EcrPullSecret's status carries it for the resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Ready {
+    /// The controller's `--secret-name` (when it differs from this report's, the verdict is
+    /// about another secret).
+    pub(crate) secret_name: String,
+    /// `True` or `False`.
+    pub(crate) status: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    #[serde(serialize_with = "time")]
+    pub(crate) since: Option<SystemTime>,
+    /// Published by a replica that no longer leads (the Lease was released or expired): it may
+    /// be out of date.
+    pub(crate) stale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -363,9 +389,30 @@ impl Report {
                 })
             })
             .collect();
+        let leader = leader(&snapshot.lease.0, snapshot.lease.1.as_ref(), now);
+        let (ready, ready_unreadable) = match published(snapshot.lease.1.as_ref()) {
+            None => (None, None),
+            Some(Err(error)) => (None, Some(error)),
+            Some(Ok(verdict)) => {
+                let stale = leader
+                    .as_ref()
+                    .is_none_or(|l| l.expired || l.holder.is_none());
+                let ready = Ready {
+                    since: verdict.since().ok(),
+                    secret_name: verdict.secret_name,
+                    status: verdict.status,
+                    reason: verdict.reason,
+                    message: verdict.message,
+                    stale,
+                };
+                (Some(ready), None)
+            }
+        };
         Report {
             secret_name: secret_name.to_string(),
-            leader: leader(&snapshot.lease.0, snapshot.lease.1.as_ref(), now),
+            leader,
+            ready,
+            ready_unreadable,
             counts: Counts::of(&rows),
             namespaces: rows,
         }
@@ -380,6 +427,16 @@ impl Report {
     pub fn exit_code(&self) -> u8 {
         if self.in_sync() { 0 } else { EXIT_NOT_SYNCED }
     }
+}
+
+/// The verdict the leader published on the Lease, if any.
+fn published(lease: Option<&Lease>) -> Option<Result<Readiness, String>> {
+    let value = lease?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(READY_ANNOTATION)?;
+    Some(Readiness::parse(value))
 }
 
 fn leader(lease_ref: &str, lease: Option<&Lease>, now: SystemTime) -> Option<Leader> {
@@ -418,6 +475,7 @@ pub(crate) fn table(report: &Report, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Secret: {}", report.secret_name);
     let _ = writeln!(out, "Leader: {}", leader_line(report, now));
+    let _ = writeln!(out, "Ready: {}", ready_line(report, now));
     let _ = writeln!(out);
     let with_accounts = report
         .namespaces
@@ -519,6 +577,40 @@ fn leader_line(report: &Report, now: SystemTime) -> String {
             format!("{holder} (Lease {}), {renewed}{since}", leader.lease)
         }
     }
+}
+
+fn ready_line(report: &Report, now: SystemTime) -> String {
+    if let Some(error) = &report.ready_unreadable {
+        return format!(
+            "unknown: the Lease's annotation {READY_ANNOTATION} is not the controller's ({error}); \
+             the leader rewrites it within seconds"
+        );
+    }
+    let Some(ready) = &report.ready else {
+        return "not published: no replica leads with a flag-configured secret (--secret-name), \
+                or it leads only EcrPullSecrets (see their status)"
+            .to_string();
+    };
+    if ready.secret_name != report.secret_name {
+        return format!(
+            "not published for {}: the controller's flag-configured secret is {} (pass \
+             --secret-name {})",
+            report.secret_name, ready.secret_name, ready.secret_name
+        );
+    }
+    let since = ready
+        .since
+        .map(|t| format!(" since {} ({})", rfc3339(t), relative(t, now)))
+        .unwrap_or_default();
+    let stale = if ready.stale {
+        "; published by a replica that no longer leads, so it may be out of date"
+    } else {
+        ""
+    };
+    format!(
+        "{} ({}){since}: {}{stale}",
+        ready.status, ready.reason, ready.message
+    )
 }
 
 /// What a problem state means and what to do, shown under the table when it occurs.
@@ -1259,6 +1351,7 @@ mod tests {
                 "conflict": 1, "orphaned": 1, "excluded": 2, "terminating": 1,
             })
         );
+        assert_eq!(value["ready"], Value::Null, "no verdict published");
         // No Lease: null.
         let mut snapshot = snapshot();
         snapshot.lease.1 = None;
@@ -1278,6 +1371,7 @@ mod tests {
         let expected = "\
 Secret: ecr-pull-secret
 Leader: pod-1 (Lease ecr-pull-secrets/ecr-pull-secrets), renewed 2027-01-15T07:59:59Z (1s ago), leading for 3h
+Ready: not published: no replica leads with a flag-configured secret (--secret-name), or it leads only EcrPullSecrets (see their status)
 
 NAMESPACE    SELECTED       STATE     REGISTRIES                                    EXPIRES                       LAST WRITE                     SA MISSING
 conflict     yes            conflict  -                                             -                             -                              -
@@ -1326,6 +1420,74 @@ SA MISSING: these ServiceAccounts lack ecr-pull-secret in imagePullSecrets; a ru
             "pod-1 (Lease ns/l), renewed 2027-01-15T07:59:58Z (2s ago), leading for 1m"
         );
         assert!(!leader.unwrap().expired);
+    }
+
+    /// The verdict the leader publishes on the Lease: shown when it is about this secret,
+    /// marked stale when its publisher no longer leads, and a foreign value is named, not shown.
+    #[test]
+    fn the_published_ready_verdict() {
+        let published = |holder: Option<&str>, renewed: i64, value: &str| {
+            let mut lease = lease(holder, -100, renewed);
+            lease.metadata.annotations = map(&[(READY_ANNOTATION, value)]);
+            let snapshot = Snapshot {
+                lease: ("ns/l".into(), Some(lease)),
+                ..Snapshot::default()
+            };
+            let report = Report::build(&snapshot, &selection(&[]), SECRET, t(0));
+            let value: Value = serde_json::from_str(&json(&report)).unwrap();
+            (ready_line(&report, t(0)), value["ready"].clone())
+        };
+        let verdict = |secret: &str| {
+            Readiness {
+                secret_name: secret.into(),
+                status: "False".into(),
+                reason: "CredentialsUnavailable".into(),
+                message: "the credentials Secret ns/aws does not exist".into(),
+                since: rfc3339(t(-300)),
+            }
+            .to_annotation()
+        };
+        let (line, value) = published(Some("pod-1"), -1, &verdict(SECRET));
+        assert_eq!(
+            line,
+            "False (CredentialsUnavailable) since 2027-01-15T07:55:00Z (5m ago): the credentials \
+             Secret ns/aws does not exist"
+        );
+        assert_eq!(
+            value,
+            json!({
+                "secretName": SECRET,
+                "status": "False",
+                "reason": "CredentialsUnavailable",
+                "message": "the credentials Secret ns/aws does not exist",
+                "since": "2027-01-15T07:55:00Z",
+                "stale": false,
+            })
+        );
+        // Its publisher's lease expired, or was released: said, since it may be out of date.
+        for (holder, renewed) in [(Some("pod-1"), -16), (None, -1)] {
+            let (line, value) = published(holder, renewed, &verdict(SECRET));
+            assert!(
+                line.ends_with("no longer leads, so it may be out of date"),
+                "{line}"
+            );
+            assert_eq!(value["stale"], true);
+        }
+        // About another secret: not shown as this one's.
+        let (line, value) = published(Some("pod-1"), -1, &verdict("other"));
+        assert_eq!(
+            line,
+            "not published for ecr-pull-secret: the controller's flag-configured secret is other \
+             (pass --secret-name other)"
+        );
+        assert_eq!(value["secretName"], "other");
+        // Anything else in the annotation: named, never printed as a verdict.
+        let (line, value) = published(Some("pod-1"), -1, "all good");
+        assert!(
+            line.starts_with("unknown: the Lease's annotation ecr-pull-secrets.io/ready is not the controller's (expected"),
+            "{line}"
+        );
+        assert_eq!(value, Value::Null);
     }
 
     // -----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ use crate::core::crd::{
     EcrPullSecret, EcrPullSecretStatus, FINALIZER, IdentityStatus, NamespaceCounts,
 };
 use crate::core::pipeline::{Inherited, PipelineConfig};
+use crate::core::readiness::{FLAGS_RESOURCE, Readiness};
 use crate::core::time::rfc3339;
 use crate::k8s::client::api_message;
 use crate::k8s::events::Events;
@@ -41,29 +42,39 @@ const STATUS_PERIOD: Duration = Duration::from_secs(2);
 /// Field manager of status writes.
 const STATUS_MANAGER: &str = "ecr-pull-secrets";
 
+/// Where the flag-configured pipeline's Ready verdict goes besides the log and
+/// `ecr_pull_secrets_resource_ready{resource="(flags)"}`: Events on the Lease, and the
+/// annotation the elector publishes on it (`ready`, `core::readiness::READY_ANNOTATION`) for
+/// `status`.
+pub struct FlagsReport {
+    pub lease: ObjectReference,
+    pub ready: watch::Sender<Option<String>>,
+}
+
 /// Serves the flag-configured secret (`flags`, when the flags configure one) and, with
 /// `resources`, every EcrPullSecret, until `stop`. The flag-configured secret is one more
 /// pipeline under the same rules: started, retried with backoff when it cannot start, and its
-/// state reported (log and Events on the Lease `lease`); its secret name is reserved, so no
-/// resource may reuse it.
+/// state reported ([`report_flags_status`]); its secret name is reserved, so no resource may
+/// reuse it.
 pub async fn serve(
     env: Env,
     inherited: Inherited,
     flags: Option<PipelineConfig>,
     resources: bool,
-    lease: ObjectReference,
+    report: FlagsReport,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let implicit_secret = flags.as_ref().map(|f| f.secret_name.clone());
     let implicit = flags.map(|config| {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let secret_name = config.secret_name.clone();
         Running {
             uid: String::new(),
             generation: 0,
             metrics: env.metrics.clone(),
             stop: stop_tx,
             pipeline: Some(tokio::spawn(keep_running(config, env.clone(), stop_rx))),
-            status: tokio::spawn(report_flags_status(env.clone(), lease)),
+            status: tokio::spawn(report_flags_status(env.clone(), report, secret_name)),
         }
     });
     let api: Api<EcrPullSecret> = Api::all(env.client.clone());
@@ -119,11 +130,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Reports the flag-configured pipeline's state as a resource's status would be computed:
-/// each change of its Ready verdict is logged and recorded as an Event on the Lease (the
-/// controller's one object), so `kubectl describe lease` and `kubectl get events` show why the
-/// flag-configured secret is not in sync.
-pub async fn report_flags_status(env: Env, lease: ObjectReference) {
+/// Reports the flag-configured pipeline's state as a resource's status would be computed,
+/// every [`STATUS_PERIOD`]: as `ecr_pull_secrets_resource_ready{resource="(flags)"}`, and as
+/// the Ready verdict the elector publishes on the Lease for `status`. Each change of the
+/// verdict is also logged and recorded as an Event on the Lease (the controller's one object),
+/// so `kubectl describe lease` and `kubectl get events` show why the flag-configured secret is
+/// not in sync.
+pub async fn report_flags_status(env: Env, report: FlagsReport, secret_name: String) {
     let events = Events::new(env.client.clone(), env.identity.clone());
     let mut conditions: Vec<Condition> = Vec::new();
     let mut reported: Option<(String, String)> = None;
@@ -139,20 +152,36 @@ pub async fn report_flags_status(env: Env, lease: ObjectReference) {
         );
         conditions = status.conditions;
         if let Some(ready) = conditions.iter().find(|c| c.type_ == "Ready") {
+            let healthy = ready.status == "True";
+            env.metrics.resource_ready(FLAGS_RESOURCE, Some(healthy));
+            let published = Readiness {
+                secret_name: secret_name.clone(),
+                status: ready.status.clone(),
+                reason: ready.reason.clone(),
+                message: ready.message.clone(),
+                since: rfc3339(SystemTime::from(ready.last_transition_time.0)),
+            }
+            .to_annotation();
+            report.ready.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&published);
+                *current = Some(published);
+                changed
+            });
             let verdict = (ready.status.clone(), ready.reason.clone());
             // Waiting for the first token is not news; every later change is.
             if reported.as_ref() != Some(&verdict)
                 && !(reported.is_none() && ready.reason == "Progressing")
             {
-                let healthy = ready.status == "True";
                 if healthy {
                     tracing::info!(
+                        resource = FLAGS_RESOURCE,
                         reason = ready.reason,
                         "flag-configured secret: {}",
                         ready.message
                     );
                 } else {
                     tracing::warn!(
+                        resource = FLAGS_RESOURCE,
                         reason = ready.reason,
                         "flag-configured secret: {}",
                         ready.message
@@ -160,7 +189,12 @@ pub async fn report_flags_status(env: Env, lease: ObjectReference) {
                 }
                 if env.fence.check().is_ok() {
                     events
-                        .report(&lease, !healthy, &ready.reason, ready.message.clone())
+                        .report(
+                            &report.lease,
+                            !healthy,
+                            &ready.reason,
+                            ready.message.clone(),
+                        )
                         .await;
                 }
                 reported = Some(verdict);
@@ -472,7 +506,10 @@ impl Supervisor {
 /// when it cannot start (credentials Secret missing, say) records why and retries with backoff.
 async fn keep_running(config: PipelineConfig, env: Env, stop: watch::Receiver<bool>) {
     // The flag-configured pipeline has no resource name.
-    let name = config.owner.clone().unwrap_or_else(|| "(flags)".into());
+    let name = config
+        .owner
+        .clone()
+        .unwrap_or_else(|| FLAGS_RESOURCE.into());
     let metrics = env.metrics.clone();
     // Capped at 30 s: a credentials Secret created after the resource is picked up soon.
     let backoff = crate::core::backoff::Exponential {

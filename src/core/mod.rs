@@ -8,6 +8,7 @@ pub mod crd;
 pub mod meta;
 pub(crate) mod names;
 pub mod pipeline;
+pub(crate) mod readiness;
 pub mod registry;
 pub mod render;
 pub mod selection;

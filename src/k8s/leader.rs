@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::api_failure::ApiFailure;
+use crate::core::readiness::READY_ANNOTATION;
 use crate::telemetry::metrics::Metrics;
 
 /// Whether this replica may write now: it holds the lease and renewed it less than the renew
@@ -170,6 +171,9 @@ pub(crate) struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<Observed>,
+    /// The Ready verdict this replica publishes on the Lease while it holds it
+    /// ([`READY_ANNOTATION`]); `None` removes a previous holder's.
+    ready: Option<watch::Receiver<Option<String>>>,
 }
 
 /// The result of one try.
@@ -187,6 +191,33 @@ impl Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            ready: None,
+        }
+    }
+
+    /// Publishes `ready`'s current value on the Lease with every acquisition and renewal: in
+    /// the same write, so it costs no request.
+    pub(crate) fn publishing(mut self, ready: watch::Receiver<Option<String>>) -> Elector {
+        self.ready = Some(ready);
+        self
+    }
+
+    /// Sets or removes our annotation on the Lease we are about to write.
+    fn annotate(&self, meta: &mut ObjectMeta) {
+        let Some(ready) = &self.ready else {
+            return;
+        };
+        match ready.borrow().clone() {
+            Some(value) => {
+                meta.annotations
+                    .get_or_insert_default()
+                    .insert(READY_ANNOTATION.to_string(), value);
+            }
+            None => {
+                if let Some(annotations) = meta.annotations.as_mut() {
+                    annotations.remove(READY_ANNOTATION);
+                }
+            }
         }
     }
 
@@ -230,7 +261,7 @@ impl Elector {
         ) {
             Step::Wait => Ok(Attempt::NotHeld),
             Step::Create(spec) => {
-                let lease = Lease {
+                let mut lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.config.name.clone()),
                         namespace: Some(self.config.namespace.clone()),
@@ -238,6 +269,7 @@ impl Elector {
                     },
                     spec: Some(spec),
                 };
+                self.annotate(&mut lease.metadata);
                 match self.api.create(&PostParams::default(), &lease).await {
                     Ok(_) => Ok(Attempt::Held),
                     Err(e) if ApiFailure::of(&e) == ApiFailure::Conflict => Ok(Attempt::NotHeld),
@@ -247,6 +279,7 @@ impl Elector {
             Step::Update(spec) => {
                 let mut lease = lease.expect("Update implies a Lease");
                 lease.spec = Some(spec);
+                self.annotate(&mut lease.metadata);
                 // replace carries the resourceVersion read: a concurrent writer makes this a 409.
                 match self
                     .api
@@ -537,6 +570,47 @@ mod tests {
         assert!(!elector.expired(Some(&lease), Instant::now()));
         tokio::time::advance(Duration::from_millis(2)).await;
         assert!(elector.expired(Some(&lease), Instant::now()));
+    }
+
+    /// What a replica publishes replaces any earlier holder's verdict, and nothing published
+    /// removes it: a new leader never passes on its predecessor's word as its own.
+    #[tokio::test]
+    async fn the_published_verdict_replaces_the_previous_holders() {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let config = LeaseConfig {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        let (ready, published) = watch::channel(None);
+        let elector = Elector::new(client.clone(), config.clone()).publishing(published);
+        let theirs = || ObjectMeta {
+            annotations: Some(
+                [
+                    (READY_ANNOTATION.to_string(), "theirs".to_string()),
+                    ("other".to_string(), "kept".to_string()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let mut meta = theirs();
+        elector.annotate(&mut meta);
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations.get(READY_ANNOTATION), None);
+        assert_eq!(annotations["other"], "kept");
+        ready.send_replace(Some("ours".into()));
+        let mut meta = theirs();
+        elector.annotate(&mut meta);
+        assert_eq!(meta.annotations.unwrap()[READY_ANNOTATION], "ours");
+        // An elector that publishes nothing (`hand_over`'s) leaves annotations alone.
+        let mut meta = theirs();
+        Elector::new(client, config).annotate(&mut meta);
+        assert_eq!(meta, theirs());
     }
 
     #[tokio::test(start_paused = true)]
