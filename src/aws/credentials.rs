@@ -261,108 +261,142 @@ impl SecretCredentials {
             .backoff(retries)
             .boxed();
         let mut following = Following::default();
+        let target = Target {
+            namespace: &namespace,
+            name: &name,
+            metrics: &metrics,
+        };
         loop {
             // A watch that starts emits nothing: a retry not refused within the grace worked.
             let retried = following
                 .failing
                 .and(*next_attempt.lock().expect("retries lock"))
                 .map(|at| at + ATTEMPT_GRACE);
-            let event = tokio::select! {
+            tokio::select! {
                 event = events.next() => match event {
-                    Some(event) => event,
+                    Some(Ok(event)) => self.on_event(&mut following, &target, event),
+                    Some(Err(error)) => on_watch_error(&mut following, &target, &error),
                     None => break,
                 },
-                _ = sleep_until(retried) => {
-                    if let Some(failures) = following.recovered() {
-                        tracing::info!(namespace, secret = name, failures, "watching the credentials Secret works again");
-                    }
-                    metrics.credentials_problem(following.problem(&namespace, &name));
-                    continue;
-                }
-            };
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => {
-                    let Some(failure) = WatchFailure::of(&error) else {
-                        // An expired resourceVersion: the watcher lists again by itself.
-                        tracing::debug!(error = %error, "credentials Secret watch expired; listing again");
-                        continue;
-                    };
-                    metrics.credentials_failure(failure.reason());
-                    if following.failed(failure, Instant::now()) {
-                        let failures = following.failures();
-                        match failure {
-                            WatchFailure::Forbidden(verb) => tracing::error!(
-                                error = %CredentialsError::WatchForbidden {
-                                    namespace: namespace.clone(),
-                                    name: name.clone(),
-                                    verb,
-                                },
-                                failures,
-                                "watching the credentials Secret is forbidden; retrying with backoff"
-                            ),
-                            WatchFailure::Unavailable => tracing::warn!(
-                                namespace,
-                                secret = name,
-                                error = %error,
-                                failures,
-                                "watching the credentials Secret failed; keeping the current keys, retrying with backoff"
-                            ),
-                        }
-                    }
-                    metrics.credentials_problem(following.problem(&namespace, &name));
-                    continue;
-                }
-            };
-            let initial = matches!(event, watcher::Event::InitApply(_));
-            if let Some(failures) = following.recovered() {
-                tracing::info!(
-                    namespace,
-                    secret = name,
-                    failures,
-                    "watching the credentials Secret works again"
-                );
-            }
-            match event {
-                watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
-                    following.listed |= initial;
-                    match from_secret_data(&namespace, &name, &secret.data.unwrap_or_default()) {
-                        Ok(credentials) => {
-                            following.unusable = None;
-                            if self.replace(credentials) {
-                                tracing::info!(
-                                    namespace,
-                                    secret = name,
-                                    "credentials Secret changed; the new keys are used from the next token fetch"
-                                );
-                            }
-                        }
-                        Err(error) => {
-                            metrics.credentials_failure("invalid");
-                            if following.unusable(error.to_string()) {
-                                tracing::error!(
-                                    error = %error,
-                                    "credentials Secret is invalid; keeping the previous keys"
-                                );
-                            }
-                        }
-                    }
-                }
-                watcher::Event::Delete(_) => {
-                    metrics.credentials_failure("invalid");
-                    following.deleted(&namespace, &name);
-                }
-                watcher::Event::Init => {}
-                // Listed (again, after a failure) and not there: deleted meanwhile.
-                watcher::Event::InitDone => {
-                    if !std::mem::take(&mut following.listed) {
-                        metrics.credentials_failure("invalid");
-                        following.deleted(&namespace, &name);
-                    }
-                }
+                _ = sleep_until(retried) => target.recovered(&mut following),
             }
             metrics.credentials_problem(following.problem(&namespace, &name));
         }
+    }
+
+    /// One watch event: new keys are used from the next fetch; an invalid or deleted Secret
+    /// keeps the previous ones.
+    fn on_event(
+        &self,
+        following: &mut Following,
+        target: &Target<'_>,
+        event: watcher::Event<Secret>,
+    ) {
+        let Target {
+            namespace,
+            name,
+            metrics,
+        } = *target;
+        let initial = matches!(event, watcher::Event::InitApply(_));
+        target.recovered(following);
+        match event {
+            watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
+                following.listed |= initial;
+                match from_secret_data(namespace, name, &secret.data.unwrap_or_default()) {
+                    Ok(credentials) => {
+                        following.unusable = None;
+                        if self.replace(credentials) {
+                            tracing::info!(
+                                namespace,
+                                secret = name,
+                                "credentials Secret changed; the new keys are used from the next token fetch"
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        metrics.credentials_failure("invalid");
+                        if following.unusable(error.to_string()) {
+                            tracing::error!(
+                                error = %error,
+                                "credentials Secret is invalid; keeping the previous keys"
+                            );
+                        }
+                    }
+                }
+            }
+            watcher::Event::Delete(_) => {
+                metrics.credentials_failure("invalid");
+                following.deleted(namespace, name);
+            }
+            watcher::Event::Init => {}
+            // Listed (again, after a failure) and not there: deleted meanwhile.
+            watcher::Event::InitDone => {
+                if !std::mem::take(&mut following.listed) {
+                    metrics.credentials_failure("invalid");
+                    following.deleted(namespace, name);
+                }
+            }
+        }
+    }
+}
+
+/// The credentials Secret followed, and where its failures are counted.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    metrics: &'a Metrics,
+}
+
+impl Target<'_> {
+    /// Logs the end of a run of failures, if one ended.
+    fn recovered(&self, following: &mut Following) {
+        if let Some(failures) = following.recovered() {
+            tracing::info!(
+                namespace = self.namespace,
+                secret = self.name,
+                failures,
+                "watching the credentials Secret works again"
+            );
+        }
+    }
+}
+
+/// A failed list or watch: counted each time, logged when it starts or changes (and every 5
+/// minutes while it lasts).
+fn on_watch_error(following: &mut Following, target: &Target<'_>, error: &watcher::Error) {
+    let Target {
+        namespace,
+        name,
+        metrics,
+    } = *target;
+    let Some(failure) = WatchFailure::of(error) else {
+        // An expired resourceVersion: the watcher lists again by itself.
+        tracing::debug!(error = %error, "credentials Secret watch expired; listing again");
+        return;
+    };
+    metrics.credentials_failure(failure.reason());
+    if !following.failed(failure, Instant::now()) {
+        return;
+    }
+    let failures = following.failures();
+    match failure {
+        WatchFailure::Forbidden(verb) => tracing::error!(
+            error = %CredentialsError::WatchForbidden {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                verb,
+            },
+            failures,
+            "watching the credentials Secret is forbidden; retrying with backoff"
+        ),
+        WatchFailure::Unavailable => tracing::warn!(
+            namespace,
+            secret = name,
+            error = %error,
+            failures,
+            "watching the credentials Secret failed; keeping the current keys, retrying with backoff"
+        ),
     }
 }
 
