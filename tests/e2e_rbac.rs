@@ -147,21 +147,21 @@ fn shipped_controller(
     )
 }
 
-#[tokio::test]
-async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
-    let Some(env) = testenv() else { return };
+/// The controller at work under the shipped RBAC and admission policy (a token of the shipped
+/// ServiceAccount), with both its namespaces' Secrets written: `a`, whose default ServiceAccount
+/// lists another pull secret and which holds a Secret that is not ours, and `b`.
+struct ShippedRun {
+    admin: Client,
+    a: String,
+    b: String,
+    controller: Controller,
+    kubeconfig: std::path::PathBuf,
+}
+
+async fn shipped_run() -> Option<ShippedRun> {
+    let env = testenv()?;
     let admin = client().await;
-    let deploy = repo().join("deploy");
-    // The real namespace, RBAC and admission policy; then every manifest of the base passes the
-    // API server's validation (a server-side dry run needs the namespace to exist).
     shipped_identity(&env).await;
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "-k",
-        deploy.to_str().unwrap(),
-    ]);
     put_credentials(
         &admin,
         "ecr-pull-secrets",
@@ -174,7 +174,6 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let (a, b) = (format!("{p}-a"), format!("{p}-b"));
     create_namespace(&admin, &a).await;
     create_namespace(&admin, &b).await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &a);
     let sa = ServiceAccount {
         metadata: ObjectMeta {
             name: Some("default".into()),
@@ -185,9 +184,11 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         }]),
         ..ServiceAccount::default()
     };
-    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &a)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
     // Another Secret the controller must never be able to touch.
-    let others: Api<Secret> = Api::namespaced(admin.clone(), &a);
     create_foreign_secret(&admin, &a, "not-ours", Default::default()).await;
 
     let (controller, kubeconfig) = shipped_controller(
@@ -201,15 +202,70 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         ],
         &[],
     );
-    // The core scenarios, bound only by the shipped roles.
     for ns in [&a, &b] {
         eventually(
             "the secret written under the shipped RBAC",
-            Duration::from_secs(30),
+            // A controller another test killed may still hold the shipped Lease (15 s).
+            Duration::from_secs(60),
             || async { get_secret(&admin, ns, "ecr-pull-secret").await },
         )
         .await;
     }
+    Some(ShippedRun {
+        admin,
+        a,
+        b,
+        controller,
+        kubeconfig,
+    })
+}
+
+impl ShippedRun {
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.admin.clone(), namespace)
+    }
+
+    async fn finish(mut self) {
+        // Whatever the scenario did, the shipped RBAC refused the controller nothing.
+        assert!(
+            !self.controller.log_text().contains("forbidden"),
+            "{}",
+            self.controller.log_text()
+        );
+        // SIGTERM releases the shipped Lease: the next controller need not wait for it to expire.
+        self.controller.terminate(Duration::from_secs(10));
+        delete_namespaces(&self.admin, &[self.a.clone(), self.b.clone()]).await;
+    }
+}
+
+#[tokio::test]
+async fn shipped_manifests_pass_the_api_servers_validation() {
+    let Some(env) = testenv() else { return };
+    // The real namespace, RBAC and admission policy; then every manifest of the base passes the
+    // API server's validation (a server-side dry run needs the namespace to exist).
+    shipped_identity(&env).await;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-k",
+        repo().join("deploy").to_str().unwrap(),
+    ]);
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_write_secrets_and_patch_service_accounts() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    for ns in [&run.a, &run.b] {
+        assert!(
+            get_secret(&run.admin, ns, "ecr-pull-secret")
+                .await
+                .is_some()
+        );
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(run.admin.clone(), &run.a);
     eventually(
         "the ServiceAccount patched",
         Duration::from_secs(10),
@@ -219,43 +275,67 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         },
     )
     .await;
-    let api: Api<Secret> = Api::namespaced(admin.clone(), &a);
-    api.delete("ecr-pull-secret", &DeleteParams::default())
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_restore_a_deleted_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    run.secrets(&run.a)
+        .delete("ecr-pull-secret", &DeleteParams::default())
         .await
         .unwrap();
     eventually(
         "the deleted secret restored",
         Duration::from_secs(5),
-        || async { get_secret(&admin, &a, "ecr-pull-secret").await },
+        || async { get_secret(&run.admin, &run.a, "ecr-pull-secret").await },
     )
     .await;
-    // Edited data is repaired (an update under the policy) ...
-    api.patch(
-        "ecr-pull-secret",
-        &PatchParams::apply("someone-else").force(),
-        &Patch::Apply(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "ecr-pull-secret"},
-            "data": {".dockerconfigjson": "e30="},
-        })),
-    )
-    .await
-    .unwrap();
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_repair_edited_data() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    // An update under the policy.
+    run.secrets(&run.a)
+        .patch(
+            "ecr-pull-secret",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "ecr-pull-secret"},
+                "data": {".dockerconfigjson": "e30="},
+            })),
+        )
+        .await
+        .unwrap();
     eventually(
         "the edited secret repaired",
         Duration::from_secs(10),
         || async {
-            let s = get_secret(&admin, &a, "ecr-pull-secret").await?;
+            let s = get_secret(&run.admin, &run.a, "ecr-pull-secret").await?;
             let config = &s.data.as_ref()?.get(".dockerconfigjson")?.0;
             (config.as_slice() != b"{}").then(|| decode(&s))
         },
     )
     .await;
-    // ... and a namespace that leaves the selection loses its Secret (a delete under the policy).
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_remove_a_deselected_namespaces_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    // A delete under the policy.
+    Api::<Namespace>::all(run.admin.clone())
         .patch(
-            &b,
+            &run.b,
             &PatchParams::default(),
             &Patch::Merge(
                 json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": "true"}}}),
@@ -267,22 +347,23 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         "the deselected namespace's secret removed",
         Duration::from_secs(10),
         || async {
-            get_secret(&admin, &b, "ecr-pull-secret")
+            get_secret(&run.admin, &run.b, "ecr-pull-secret")
                 .await
                 .is_none()
                 .then_some(())
         },
     )
     .await;
-    assert!(
-        !controller.log_text().contains("forbidden"),
-        "{}",
-        controller.log_text()
-    );
+    run.finish().await;
+}
 
-    // ... and no more: any other Secret is out of reach.
-    let sa_client = client_from(&kubeconfig).await;
-    let theirs: Api<Secret> = Api::namespaced(sa_client.clone(), &a);
+#[tokio::test]
+async fn shipped_rbac_reaches_no_other_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    let sa_client = client_from(&run.kubeconfig).await;
+    let theirs: Api<Secret> = Api::namespaced(sa_client.clone(), &run.a);
     forbidden(theirs.get("not-ours").await, "get another Secret");
     forbidden(
         theirs.list(&ListParams::default()).await,
@@ -314,11 +395,10 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         "list Secrets cluster-wide",
     );
     assert!(
-        others.get("not-ours").await.is_ok(),
+        run.secrets(&run.a).get("not-ours").await.is_ok(),
         "the other Secret is untouched"
     );
-    drop(controller);
-    delete_namespaces(&admin, &[a, b]).await;
+    run.finish().await;
 }
 
 /// EcrPullSecret resources under the shipped RBAC: the CRD rules are enough to add and remove
