@@ -147,21 +147,21 @@ fn shipped_controller(
     )
 }
 
-#[tokio::test]
-async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
-    let Some(env) = testenv() else { return };
+/// The controller at work under the shipped RBAC and admission policy (a token of the shipped
+/// ServiceAccount), with both its namespaces' Secrets written: `a`, whose default ServiceAccount
+/// lists another pull secret and which holds a Secret that is not ours, and `b`.
+struct ShippedRun {
+    admin: Client,
+    a: String,
+    b: String,
+    controller: Controller,
+    kubeconfig: std::path::PathBuf,
+}
+
+async fn shipped_run() -> Option<ShippedRun> {
+    let env = testenv()?;
     let admin = client().await;
-    let deploy = repo().join("deploy");
-    // The real namespace, RBAC and admission policy; then every manifest of the base passes the
-    // API server's validation (a server-side dry run needs the namespace to exist).
     shipped_identity(&env).await;
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "-k",
-        deploy.to_str().unwrap(),
-    ]);
     put_credentials(
         &admin,
         "ecr-pull-secrets",
@@ -174,7 +174,6 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let (a, b) = (format!("{p}-a"), format!("{p}-b"));
     create_namespace(&admin, &a).await;
     create_namespace(&admin, &b).await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &a);
     let sa = ServiceAccount {
         metadata: ObjectMeta {
             name: Some("default".into()),
@@ -185,9 +184,11 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         }]),
         ..ServiceAccount::default()
     };
-    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &a)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
     // Another Secret the controller must never be able to touch.
-    let others: Api<Secret> = Api::namespaced(admin.clone(), &a);
     create_foreign_secret(&admin, &a, "not-ours", Default::default()).await;
 
     let (controller, kubeconfig) = shipped_controller(
@@ -201,15 +202,70 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         ],
         &[],
     );
-    // The core scenarios, bound only by the shipped roles.
     for ns in [&a, &b] {
         eventually(
             "the secret written under the shipped RBAC",
-            Duration::from_secs(30),
+            // A controller another test killed may still hold the shipped Lease (15 s).
+            Duration::from_secs(60),
             || async { get_secret(&admin, ns, "ecr-pull-secret").await },
         )
         .await;
     }
+    Some(ShippedRun {
+        admin,
+        a,
+        b,
+        controller,
+        kubeconfig,
+    })
+}
+
+impl ShippedRun {
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.admin.clone(), namespace)
+    }
+
+    async fn finish(mut self) {
+        // Whatever the scenario did, the shipped RBAC refused the controller nothing.
+        assert!(
+            !self.controller.log_text().contains("forbidden"),
+            "{}",
+            self.controller.log_text()
+        );
+        // SIGTERM releases the shipped Lease: the next controller need not wait for it to expire.
+        self.controller.terminate(Duration::from_secs(10));
+        delete_namespaces(&self.admin, &[self.a.clone(), self.b.clone()]).await;
+    }
+}
+
+#[tokio::test]
+async fn shipped_manifests_pass_the_api_servers_validation() {
+    let Some(env) = testenv() else { return };
+    // The real namespace, RBAC and admission policy; then every manifest of the base passes the
+    // API server's validation (a server-side dry run needs the namespace to exist).
+    shipped_identity(&env).await;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-k",
+        repo().join("deploy").to_str().unwrap(),
+    ]);
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_write_secrets_and_patch_service_accounts() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    for ns in [&run.a, &run.b] {
+        assert!(
+            get_secret(&run.admin, ns, "ecr-pull-secret")
+                .await
+                .is_some()
+        );
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(run.admin.clone(), &run.a);
     eventually(
         "the ServiceAccount patched",
         Duration::from_secs(10),
@@ -219,43 +275,67 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         },
     )
     .await;
-    let api: Api<Secret> = Api::namespaced(admin.clone(), &a);
-    api.delete("ecr-pull-secret", &DeleteParams::default())
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_restore_a_deleted_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    run.secrets(&run.a)
+        .delete("ecr-pull-secret", &DeleteParams::default())
         .await
         .unwrap();
     eventually(
         "the deleted secret restored",
         Duration::from_secs(5),
-        || async { get_secret(&admin, &a, "ecr-pull-secret").await },
+        || async { get_secret(&run.admin, &run.a, "ecr-pull-secret").await },
     )
     .await;
-    // Edited data is repaired (an update under the policy) ...
-    api.patch(
-        "ecr-pull-secret",
-        &PatchParams::apply("someone-else").force(),
-        &Patch::Apply(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "ecr-pull-secret"},
-            "data": {".dockerconfigjson": "e30="},
-        })),
-    )
-    .await
-    .unwrap();
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_repair_edited_data() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    // An update under the policy.
+    run.secrets(&run.a)
+        .patch(
+            "ecr-pull-secret",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "ecr-pull-secret"},
+                "data": {".dockerconfigjson": "e30="},
+            })),
+        )
+        .await
+        .unwrap();
     eventually(
         "the edited secret repaired",
         Duration::from_secs(10),
         || async {
-            let s = get_secret(&admin, &a, "ecr-pull-secret").await?;
+            let s = get_secret(&run.admin, &run.a, "ecr-pull-secret").await?;
             let config = &s.data.as_ref()?.get(".dockerconfigjson")?.0;
             (config.as_slice() != b"{}").then(|| decode(&s))
         },
     )
     .await;
-    // ... and a namespace that leaves the selection loses its Secret (a delete under the policy).
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
+    run.finish().await;
+}
+
+#[tokio::test]
+async fn shipped_rbac_is_enough_to_remove_a_deselected_namespaces_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    // A delete under the policy.
+    Api::<Namespace>::all(run.admin.clone())
         .patch(
-            &b,
+            &run.b,
             &PatchParams::default(),
             &Patch::Merge(
                 json!({"metadata": {"annotations": {"ecr-pull-secrets.io/exclude": "true"}}}),
@@ -267,22 +347,23 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         "the deselected namespace's secret removed",
         Duration::from_secs(10),
         || async {
-            get_secret(&admin, &b, "ecr-pull-secret")
+            get_secret(&run.admin, &run.b, "ecr-pull-secret")
                 .await
                 .is_none()
                 .then_some(())
         },
     )
     .await;
-    assert!(
-        !controller.log_text().contains("forbidden"),
-        "{}",
-        controller.log_text()
-    );
+    run.finish().await;
+}
 
-    // ... and no more: any other Secret is out of reach.
-    let sa_client = client_from(&kubeconfig).await;
-    let theirs: Api<Secret> = Api::namespaced(sa_client.clone(), &a);
+#[tokio::test]
+async fn shipped_rbac_reaches_no_other_secret() {
+    let Some(run) = shipped_run().await else {
+        return;
+    };
+    let sa_client = client_from(&run.kubeconfig).await;
+    let theirs: Api<Secret> = Api::namespaced(sa_client.clone(), &run.a);
     forbidden(theirs.get("not-ours").await, "get another Secret");
     forbidden(
         theirs.list(&ListParams::default()).await,
@@ -314,11 +395,10 @@ async fn shipped_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         "list Secrets cluster-wide",
     );
     assert!(
-        others.get("not-ours").await.is_ok(),
+        run.secrets(&run.a).get("not-ours").await.is_ok(),
         "the other Secret is untouched"
     );
-    drop(controller);
-    delete_namespaces(&admin, &[a, b]).await;
+    run.finish().await;
 }
 
 /// EcrPullSecret resources under the shipped RBAC: the CRD rules are enough to add and remove
@@ -442,17 +522,93 @@ async fn resources_run_under_the_shipped_rbac_and_a_name_it_lacks_is_reported() 
 }
 
 /// What RBAC cannot refuse and the shipped admission policy does, for a token of the shipped
-/// ServiceAccount: minting a service-account token through a token Secret, a Secret with
-/// another name, type or without our label, and changing or deleting a same-named Secret that is
-/// not ours. What the controller itself does still passes.
-#[tokio::test]
-async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work() {
-    let Some(env) = testenv() else { return };
+/// ServiceAccount: the policy in force, `ns` to write in, and `other` holding someone's own pull
+/// Secret named ecr-pull-secret (not ours).
+struct Policy {
+    admin: Client,
+    sa: Client,
+    p: String,
+    ns: String,
+    other: String,
+}
+
+async fn policy() -> Option<Policy> {
+    let env = testenv()?;
     let admin = client().await;
     let sa = shipped_identity(&env).await;
     let p = unique("vap");
-    let ns = format!("{p}-a");
+    let (ns, other) = (format!("{p}-a"), format!("{p}-other"));
     create_namespace(&admin, &ns).await;
+    create_namespace(&admin, &other).await;
+    Api::<Secret>::namespaced(admin.clone(), &other)
+        .create(
+            &PostParams::default(),
+            &secret("ecr-pull-secret", DOCKER_CONFIG, false, &[]),
+        )
+        .await
+        .unwrap();
+    let policy = Policy {
+        admin,
+        sa,
+        p,
+        ns,
+        other,
+    };
+    // A policy that allowed adoption (another scenario's) may be in force for a moment after the
+    // shipped one is applied again: wait until adoption is refused (a dry run changes nothing).
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    eventually(
+        "adoption refused by the shipped policy",
+        Duration::from_secs(30),
+        || async {
+            match policy
+                .someone()
+                .patch("ecr-pull-secret", &dry_run, &adopt())
+                .await
+            {
+                Ok(_) => None,
+                Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("lacks label") => {
+                    Some(())
+                }
+                Err(other) => panic!("probing adoption: {other:?}"),
+            }
+        },
+    )
+    .await;
+    Some(policy)
+}
+
+impl Policy {
+    /// Secrets in `ns`, as the shipped ServiceAccount.
+    fn theirs(&self) -> Api<Secret> {
+        Api::namespaced(self.sa.clone(), &self.ns)
+    }
+
+    /// Secrets in `other`, as the shipped ServiceAccount.
+    fn someone(&self) -> Api<Secret> {
+        Api::namespaced(self.sa.clone(), &self.other)
+    }
+
+    async fn finish(self) {
+        delete_namespaces(&self.admin, &[self.ns, self.other]).await;
+    }
+}
+
+/// Our label on a Secret: adoption, when the Secret is not ours.
+fn adopt() -> Patch<serde_json::Value> {
+    Patch::Merge(
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ecr-pull-secrets"}}}),
+    )
+}
+
+#[tokio::test]
+async fn admission_policy_refuses_a_token_secret_that_rbac_alone_allows() {
+    let Some(policy) = policy().await else {
+        return;
+    };
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
@@ -463,7 +619,6 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         true,
         &[("kubernetes.io/service-account.name", "default")],
     );
-
     // Without the binding, RBAC alone lets the ServiceAccount ask for a token Secret in
     // kube-system (a dry run: nothing is stored, and no token is ever issued).
     kubectl(&[
@@ -471,8 +626,8 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         "validatingadmissionpolicybinding",
         "ecr-pull-secrets",
     ]);
-    wait_for_policy(&sa, false).await;
-    let system: Api<Secret> = Api::namespaced(sa.clone(), "kube-system");
+    wait_for_policy(&policy.sa, false).await;
+    let system: Api<Secret> = Api::namespaced(policy.sa.clone(), "kube-system");
     system
         .create(&dry_run, &token_secret)
         .await
@@ -487,25 +642,32 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
             .to_str()
             .unwrap(),
     ]);
-    wait_for_policy(&sa, true).await;
-    for namespace in ["kube-system", ns.as_str()] {
-        let api: Api<Secret> = Api::namespaced(sa.clone(), namespace);
+    wait_for_policy(&policy.sa, true).await;
+    for namespace in ["kube-system", policy.ns.as_str()] {
+        let api: Api<Secret> = Api::namespaced(policy.sa.clone(), namespace);
         refused_by_policy(
             api.create(&PostParams::default(), &token_secret).await,
             &format!("a service-account-token Secret in {namespace}"),
             "may write only Secrets of type kubernetes.io/dockerconfigjson, not kubernetes.io/service-account-token",
         );
         assert!(
-            get_secret(&admin, namespace, "ecr-pull-secret")
+            get_secret(&policy.admin, namespace, "ecr-pull-secret")
                 .await
                 .is_none()
         );
     }
+    policy.finish().await;
+}
 
-    let theirs: Api<Secret> = Api::namespaced(sa.clone(), &ns);
-    let foreign_name = format!("not-ours-{p}");
+#[tokio::test]
+async fn admission_policy_refuses_a_secret_with_another_name() {
+    let Some(policy) = policy().await else {
+        return;
+    };
+    let (ns, foreign_name) = (&policy.ns, format!("not-ours-{}", policy.p));
     refused_by_policy(
-        theirs
+        policy
+            .theirs()
             .create(
                 &PostParams::default(),
                 &secret(&foreign_name, DOCKER_CONFIG, true, &[]),
@@ -516,8 +678,18 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
             "may write only Secrets named ecr-pull-secret, not Secret {ns}/{foreign_name}: to serve another name"
         ),
     );
+    assert!(get_secret(&policy.admin, ns, &foreign_name).await.is_none());
+    policy.finish().await;
+}
+
+#[tokio::test]
+async fn admission_policy_refuses_a_secret_of_another_type() {
+    let Some(policy) = policy().await else {
+        return;
+    };
     refused_by_policy(
-        theirs
+        policy
+            .theirs()
             .create(
                 &PostParams::default(),
                 &secret("ecr-pull-secret", "Opaque", true, &[]),
@@ -526,8 +698,17 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         "an Opaque Secret with our name",
         "not Opaque",
     );
+    policy.finish().await;
+}
+
+#[tokio::test]
+async fn admission_policy_refuses_a_secret_without_our_label() {
+    let Some(policy) = policy().await else {
+        return;
+    };
     refused_by_policy(
-        theirs
+        policy
+            .theirs()
             .create(
                 &PostParams::default(),
                 &secret("ecr-pull-secret", DOCKER_CONFIG, false, &[]),
@@ -536,23 +717,19 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         "our Secret without our label",
         "may write only Secrets labelled app.kubernetes.io/managed-by=ecr-pull-secrets",
     );
-    assert!(get_secret(&admin, &ns, &foreign_name).await.is_none());
+    policy.finish().await;
+}
 
-    // A same-named Secret somebody else owns: RBAC allows patch and delete by name, the policy
-    // does not, not even to add our label.
-    let other = format!("{p}-other");
-    create_namespace(&admin, &other).await;
-    // Someone's own pull secret with our name.
-    Api::<Secret>::namespaced(admin.clone(), &other)
-        .create(
-            &PostParams::default(),
-            &secret("ecr-pull-secret", DOCKER_CONFIG, false, &[]),
-        )
-        .await
-        .unwrap();
-    let someone: Api<Secret> = Api::namespaced(sa.clone(), &other);
+/// RBAC allows delete by name; the policy does not, for a same-named Secret somebody else owns.
+#[tokio::test]
+async fn admission_policy_refuses_deleting_a_same_named_secret_that_is_not_ours() {
+    let Some(policy) = policy().await else {
+        return;
+    };
+    let other = &policy.other;
     refused_by_policy(
-        someone
+        policy
+            .someone()
             .delete("ecr-pull-secret", &DeleteParams::default())
             .await,
         "deleting a same-named Secret without our label",
@@ -560,23 +737,40 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
             "Secret {other}/ecr-pull-secret lacks label app.kubernetes.io/managed-by=ecr-pull-secrets: it is not ours, and ecr-pull-secrets may delete only its own Secrets"
         ),
     );
+    get_secret(&policy.admin, other, "ecr-pull-secret")
+        .await
+        .expect("the other Secret is still there");
+    policy.finish().await;
+}
+
+/// RBAC allows patch by name; the policy does not, not even to add our label.
+#[tokio::test]
+async fn admission_policy_refuses_labelling_a_same_named_secret_as_ours() {
+    let Some(policy) = policy().await else {
+        return;
+    };
     refused_by_policy(
-        someone
-            .patch(
-                "ecr-pull-secret",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ecr-pull-secrets"}}})),
-            )
+        policy
+            .someone()
+            .patch("ecr-pull-secret", &PatchParams::default(), &adopt())
             .await,
         "labelling a same-named Secret as ours",
         "may change only its own Secrets",
     );
-    let kept = get_secret(&admin, &other, "ecr-pull-secret")
+    let kept = get_secret(&policy.admin, &policy.other, "ecr-pull-secret")
         .await
         .expect("the other Secret is still there");
     assert!(kept.metadata.labels.unwrap_or_default().is_empty());
+    policy.finish().await;
+}
 
-    // What the controller does passes: create, change and delete its own Secret.
+#[tokio::test]
+async fn admission_policy_allows_the_controllers_own_writes() {
+    let Some(policy) = policy().await else {
+        return;
+    };
+    // Create, change and delete its own Secret.
+    let theirs = policy.theirs();
     let ours = secret("ecr-pull-secret", DOCKER_CONFIG, true, &[]);
     theirs.create(&PostParams::default(), &ours).await.unwrap();
     theirs
@@ -589,7 +783,21 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         )
         .await
         .unwrap();
-    // ... but not drop its label.
+    theirs
+        .delete("ecr-pull-secret", &DeleteParams::default())
+        .await
+        .unwrap();
+    policy.finish().await;
+}
+
+#[tokio::test]
+async fn admission_policy_refuses_dropping_our_label() {
+    let Some(policy) = policy().await else {
+        return;
+    };
+    let theirs = policy.theirs();
+    let ours = secret("ecr-pull-secret", DOCKER_CONFIG, true, &[]);
+    theirs.create(&PostParams::default(), &ours).await.unwrap();
     refused_by_policy(
         theirs
             .patch(
@@ -603,13 +811,16 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         "removing our label",
         "may write only Secrets labelled",
     );
-    theirs
-        .delete("ecr-pull-secret", &DeleteParams::default())
-        .await
-        .unwrap();
+    policy.finish().await;
+}
 
-    // Adoption allowed (the policy's `adoption` variable, as an overlay would set it): the
-    // same-named dockerconfigjson Secret may now be labelled ours; deleting it needed the label.
+/// With the policy's `adoption` variable true (as an overlay would set it), the same-named
+/// dockerconfigjson Secret may be labelled ours, and then deleted (which needed the label).
+#[tokio::test]
+async fn admission_policy_allows_adoption_when_told() {
+    let Some(policy) = policy().await else {
+        return;
+    };
     kubectl(&[
         "patch",
         "validatingadmissionpolicy",
@@ -619,15 +830,13 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
         r#"[{"op": "test", "path": "/spec/variables/1/name", "value": "adoption"},
             {"op": "replace", "path": "/spec/variables/1/expression", "value": "true"}]"#,
     ]);
-    let adopt = Patch::Merge(
-        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "ecr-pull-secrets"}}}),
-    );
+    let someone = policy.someone();
     eventually(
         "adoption allowed by the policy",
         Duration::from_secs(30),
         || async {
             match someone
-                .patch("ecr-pull-secret", &PatchParams::default(), &adopt)
+                .patch("ecr-pull-secret", &PatchParams::default(), &adopt())
                 .await
             {
                 Ok(_) => Some(()),
@@ -654,5 +863,5 @@ async fn admission_policy_refuses_what_rbac_allows_beyond_the_controllers_work()
             .to_str()
             .unwrap(),
     ]);
-    delete_namespaces(&admin, &[ns, other]).await;
+    policy.finish().await;
 }

@@ -41,56 +41,86 @@ async fn owner(client: &Client, namespace: &str, name: &str) -> Option<String> {
     )
 }
 
-#[tokio::test]
-async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_secrets() {
-    let Some(env) = testenv() else { return };
+/// Two resources side by side under one controller (resources only), both Ready. A selects the
+/// namespaces labelled team=<p> (a1, a2, shared) and names ServiceAccount a1/default; B includes
+/// <p>-b* and shared, in another region; other is nobody's. Each has its own keys, unique to this
+/// fixture, so no other scenario's calls or outage count here.
+struct TwoResources {
+    env: TestEnv,
+    client: Client,
+    api: Api<EcrPullSecret>,
+    namespaces: Namespaces,
+    key_a: String,
+    key_b: String,
+    name_a: String,
+    name_b: String,
+    secret_a: String,
+    secret_b: String,
+    /// A and B as first seen Ready.
+    a: EcrPullSecret,
+    b: EcrPullSecret,
+    controller: Controller,
+}
+
+struct Namespaces {
+    a1: String,
+    a2: String,
+    shared: String,
+    b1: String,
+    other: String,
+    controller: String,
+}
+
+/// Short tokens, so an outage shows within seconds.
+const TTL_SECONDS: u64 = 20;
+
+async fn two_resources() -> Option<TwoResources> {
+    let env = testenv()?;
     let client = client().await;
     install_crd();
     let p = unique("crd");
     let team = BTreeMap::from([("team".to_string(), p.clone())]);
-    let (a1, a2, shared, b1, other) = (
-        format!("{p}-a1"),
-        format!("{p}-a2"),
-        format!("{p}-shared"),
-        format!("{p}-b1"),
-        format!("{p}-other"),
-    );
-    let controller_ns = format!("{p}-ctl");
-    for ns in [&a1, &a2, &shared] {
-        create_namespace_labeled(&client, ns, team.clone()).await;
+    let ns = Namespaces {
+        a1: format!("{p}-a1"),
+        a2: format!("{p}-a2"),
+        shared: format!("{p}-shared"),
+        b1: format!("{p}-b1"),
+        other: format!("{p}-other"),
+        controller: format!("{p}-ctl"),
+    };
+    for name in [&ns.a1, &ns.a2, &ns.shared] {
+        create_namespace_labeled(&client, name, team.clone()).await;
     }
-    for ns in [&b1, &other, &controller_ns] {
-        create_namespace(&client, ns).await;
+    for name in [&ns.b1, &ns.other, &ns.controller] {
+        create_namespace(&client, name).await;
     }
     // A's ServiceAccount, patched by A.
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &a1);
-    accounts
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.a1)
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
         )
         .await
         .unwrap();
-    // Two identities: each resource has its own keys.
-    let (key_a, key_b) = ("AKIARESOURCEA0000001", "AKIARESOURCEB0000001");
+    let n = p.rsplit('-').next().unwrap();
+    let (key_a, key_b) = (format!("AKIARESOURCEA{n}"), format!("AKIARESOURCEB{n}"));
     put_credentials(
         &client,
-        &controller_ns,
+        &ns.controller,
         "keys-a",
-        key_a,
+        &key_a,
         "resource-a-secret-key",
     )
     .await;
     put_credentials(
         &client,
-        &controller_ns,
+        &ns.controller,
         "keys-b",
-        key_b,
+        &key_b,
         "resource-b-secret-key",
     )
     .await;
-    // Short tokens, so the outage below shows within seconds.
-    env.set_emulator(&json!({ "ttl_seconds": 20 }));
+    env.set_emulator(&json!({ "ttl_seconds": TTL_SECONDS }));
 
     let api: Api<EcrPullSecret> = Api::all(client.clone());
     let (name_a, name_b) = (format!("{p}-a"), format!("{p}-b"));
@@ -105,7 +135,7 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
     let spec_b = json!({
         "secretName": secret_b,
         "registries": [{"host": "123456789012.dkr.ecr.eu-west-1.amazonaws.com"}],
-        "namespaces": {"include": [format!("{p}-b*"), shared]},
+        "namespaces": {"include": [format!("{p}-b*"), ns.shared]},
         "credentials": {"secretRef": {"name": "keys-b"}},
         "writes": {"qps": 5, "burst": 5},
     });
@@ -114,41 +144,153 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
             .await
             .unwrap();
     }
-
     // Resources only: no flag-configured secret (AWS_REGION empty).
     let controller = env.controller_with_env(
         &p,
-        &["--resources", "--namespace", &controller_ns],
+        &["--resources", "--namespace", &ns.controller],
         &[("AWS_REGION", "")],
     );
     let a = ready(&api, &name_a, 3).await;
     let b = ready(&api, &name_b, 2).await;
+    Some(TwoResources {
+        env,
+        client,
+        api,
+        namespaces: ns,
+        key_a,
+        key_b,
+        name_a,
+        name_b,
+        secret_a,
+        secret_b,
+        a,
+        b,
+        controller,
+    })
+}
+
+impl TwoResources {
+    /// Names on a1/default's imagePullSecrets, once A's entry is there.
+    async fn entries_once_a_is_listed(&self) -> Vec<String> {
+        let accounts: Api<ServiceAccount> =
+            Api::namespaced(self.client.clone(), &self.namespaces.a1);
+        eventually(
+            "A's entry on a1/default",
+            Duration::from_secs(10),
+            || async {
+                let sa = accounts.get("default").await.ok()?;
+                let names: Vec<String> = sa
+                    .image_pull_secrets
+                    .iter()
+                    .flatten()
+                    .map(|r| r.name.clone())
+                    .collect();
+                names.contains(&self.secret_a).then_some(names)
+            },
+        )
+        .await
+    }
+
+    /// An AWS outage of B's identity only; returns B once it is Degraded.
+    async fn outage_of_b(&self) -> EcrPullSecret {
+        self.env.set_emulator(
+            &json!({ "ttl_seconds": TTL_SECONDS, "fail": "5xx", "fail_access_keys": [self.key_b] }),
+        );
+        eventually(
+            "B Degraded by the outage",
+            Duration::from_secs(40),
+            || async {
+                let b = self.api.get(&self.name_b).await.ok()?;
+                (resource_condition(&b, "Degraded")?.0 == "True").then_some(b)
+            },
+        )
+        .await
+    }
+
+    async fn delete(&self, name: &str) {
+        self.api
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &format!("{name} gone (finalizer done)"),
+            Duration::from_secs(30),
+            || async {
+                self.api
+                    .get_opt(name)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Deletes what is left while the controller still runs (it removes the finalizers).
+    async fn finish(self) {
+        for name in [&self.name_a, &self.name_b] {
+            if self.api.get_opt(name).await.unwrap().is_some() {
+                self.delete(name).await;
+            }
+        }
+        drop(self.controller);
+        self.env.set_emulator(&json!({}));
+        let ns = self.namespaces;
+        delete_namespaces(
+            &self.client,
+            &[ns.a1, ns.a2, ns.shared, ns.b1, ns.other, ns.controller],
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn side_by_side_resources_report_ready_with_finalizer_generation_and_expiry() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
     assert!(
-        a.finalizers()
+        f.a.finalizers()
             .contains(&"ecr-pull-secrets.io/cleanup".to_string())
     );
-    assert_eq!(a.status.as_ref().unwrap().observed_generation, Some(1));
-    assert!(b.status.as_ref().unwrap().token_expires_at.is_some());
+    assert_eq!(f.a.status.as_ref().unwrap().observed_generation, Some(1));
+    assert!(f.b.status.as_ref().unwrap().token_expires_at.is_some());
+    f.finish().await;
+}
 
-    // Both secrets in the overlap; each elsewhere only where selected; each labelled with its owner.
+#[tokio::test]
+async fn side_by_side_resources_write_only_where_selected_labelled_with_their_owner() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    let (ns, secret_a, secret_b) = (&f.namespaces, &f.secret_a, &f.secret_b);
+    // Both secrets in the overlap; each elsewhere only where selected.
     for (ns, expect_a, expect_b) in [
-        (&a1, true, false),
-        (&a2, true, false),
-        (&shared, true, true),
-        (&b1, false, true),
-        (&other, false, false),
+        (&ns.a1, true, false),
+        (&ns.a2, true, false),
+        (&ns.shared, true, true),
+        (&ns.b1, false, true),
+        (&ns.other, false, false),
     ] {
         let (has_a, has_b) = (
-            owner(&client, ns, &secret_a).await,
-            owner(&client, ns, &secret_b).await,
+            owner(&f.client, ns, secret_a).await,
+            owner(&f.client, ns, secret_b).await,
         );
         assert_eq!(has_a.is_some(), expect_a, "{secret_a} in {ns}");
         assert_eq!(has_b.is_some(), expect_b, "{secret_b} in {ns}");
-        assert!(has_a.is_none_or(|o| o == name_a));
-        assert!(has_b.is_none_or(|o| o == name_b));
+        assert!(has_a.is_none_or(|o| o == f.name_a));
+        assert!(has_b.is_none_or(|o| o == f.name_b));
     }
-    // Each resource used its own keys and region.
-    let calls = env.call_log();
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn side_by_side_resources_sign_with_their_own_keys_in_their_own_region() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    let calls = f.env.call_log();
     let signed_by = |key: &str| {
         calls
             .iter()
@@ -156,27 +298,26 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
             .map(|c| c["region"].as_str().unwrap_or("").to_string())
             .collect::<std::collections::BTreeSet<_>>()
     };
-    assert_eq!(signed_by(key_a), ["us-east-1".to_string()].into());
-    assert_eq!(signed_by(key_b), ["eu-west-1".to_string()].into());
-    let sa = eventually(
-        "A's entry on a1/default",
-        Duration::from_secs(10),
-        || async {
-            let sa = accounts.get("default").await.ok()?;
-            let names: Vec<String> = sa
-                .image_pull_secrets
-                .iter()
-                .flatten()
-                .map(|r| r.name.clone())
-                .collect();
-            names.contains(&secret_a).then_some(names)
-        },
-    )
-    .await;
-    assert_eq!(sa, vec![secret_a.clone()]);
+    assert_eq!(signed_by(&f.key_a), ["us-east-1".to_string()].into());
+    assert_eq!(signed_by(&f.key_b), ["eu-west-1".to_string()].into());
+    f.finish().await;
+}
 
-    // kubectl shows the printer columns.
-    let table = kubectl(&["get", "ecrpullsecrets", &name_a, &name_b]);
+#[tokio::test]
+async fn a_resource_adds_its_secret_to_the_service_accounts_it_names() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    assert_eq!(f.entries_once_a_is_listed().await, vec![f.secret_a.clone()]);
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn kubectl_shows_the_printer_columns() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    let table = kubectl(&["get", "ecrpullsecrets", &f.name_a, &f.name_b]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
@@ -185,31 +326,36 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
     assert!(
         table.lines().any(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols[..4] == [name_a.as_str(), "True", secret_a.as_str(), "3"]
+            cols[..4] == [f.name_a.as_str(), "True", f.secret_a.as_str(), "3"]
         }),
         "{table}"
     );
+    f.finish().await;
+}
 
-    // An AWS outage of B's identity: B goes Degraded, A stays Ready and keeps refreshing.
-    env.set_emulator(&json!({ "ttl_seconds": 20, "fail": "5xx", "fail_access_keys": [key_b] }));
-    let degraded = eventually(
-        "B Degraded by the outage",
-        Duration::from_secs(40),
-        || async {
-            let b = api.get(&name_b).await.ok()?;
-            let (status, reason, message) = resource_condition(&b, "Degraded")?;
-            (status == "True").then_some((reason, message, b))
-        },
-    )
-    .await;
-    assert_eq!(degraded.0, "TokenRefreshFailing", "{}", degraded.1);
-    assert!(degraded.1.contains("eu-west-1"), "{}", degraded.1);
-    assert!(degraded.1.contains("valid until"), "{}", degraded.1);
-    assert_eq!(resource_condition(&degraded.2, "Ready").unwrap().0, "False");
-    let a_during = api.get(&name_a).await.unwrap();
+#[tokio::test]
+async fn an_outage_of_one_identity_degrades_only_its_resource() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    let b = f.outage_of_b().await;
+    let (_, reason, message) = resource_condition(&b, "Degraded").unwrap();
+    assert_eq!(reason, "TokenRefreshFailing", "{message}");
+    assert!(message.contains("eu-west-1"), "{message}");
+    assert!(message.contains("valid until"), "{message}");
+    assert_eq!(resource_condition(&b, "Ready").unwrap().0, "False");
+    let a_during = f.api.get(&f.name_a).await.unwrap();
     assert_eq!(resource_condition(&a_during, "Ready").unwrap().0, "True");
-    // The alerting series agree, per resource, and name the failing identity.
-    let address = controller.admin_address().await;
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn an_outage_shows_in_the_metrics_per_resource_and_failing_identity() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    f.outage_of_b().await;
+    let address = f.controller.admin_address().await;
     let metrics = eventually(
         "B not ready in the metrics",
         Duration::from_secs(10),
@@ -217,7 +363,10 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
             let (_, text) = http_get(&address, "/metrics").await?;
             let b = sample(
                 &text,
-                &format!("ecr_pull_secrets_resource_ready{{resource=\"{name_b}\"}}"),
+                &format!(
+                    "ecr_pull_secrets_resource_ready{{resource=\"{}\"}}",
+                    f.name_b
+                ),
             )?;
             (b == 0.0).then_some(text)
         },
@@ -226,68 +375,114 @@ async fn resources_side_by_side_outage_of_one_and_deletion_removes_exactly_its_s
     assert_eq!(
         sample(
             &metrics,
-            &format!("ecr_pull_secrets_resource_ready{{resource=\"{name_a}\"}}")
+            &format!(
+                "ecr_pull_secrets_resource_ready{{resource=\"{}\"}}",
+                f.name_a
+            )
         ),
         Some(1.0)
     );
     let failures = sample(
         &metrics,
         &format!(
-            "ecr_pull_secrets_token_refresh_consecutive_failures{{identity=\"{name_b}/eu-west-1\"}}"
+            "ecr_pull_secrets_token_refresh_consecutive_failures{{identity=\"{}/eu-west-1\"}}",
+            f.name_b
         ),
     );
     assert!(failures.is_some_and(|f| f > 0.0), "{metrics}");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_resource_keeps_refreshing_during_anothers_outage() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    f.outage_of_b().await;
+    let a_during = f.api.get(&f.name_a).await.unwrap();
     let refreshed_before = a_during.status.unwrap().last_refresh_time.unwrap();
     eventually(
         "A refreshing during B's outage",
         Duration::from_secs(30),
         || async {
-            let a = api.get(&name_a).await.ok()?;
+            let a = f.api.get(&f.name_a).await.ok()?;
             let status = a.status.clone()?;
             let ready = resource_condition(&a, "Ready")?.0 == "True";
             (ready && status.last_refresh_time? > refreshed_before).then_some(())
         },
     )
     .await;
-    env.set_emulator(&json!({ "ttl_seconds": 20 }));
-    ready(&api, &name_b, 2).await;
+    f.finish().await;
+}
 
-    // Deleting A removes exactly A's secrets and its ServiceAccount entry.
-    api.delete(&name_a, &DeleteParams::default()).await.unwrap();
-    eventually(
-        "A gone (finalizer done)",
-        Duration::from_secs(30),
-        || async { api.get_opt(&name_a).await.unwrap().is_none().then_some(()) },
-    )
-    .await;
-    for ns in [&a1, &a2, &shared] {
+#[tokio::test]
+async fn a_resource_is_ready_again_once_its_outage_ends() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    f.outage_of_b().await;
+    f.env.set_emulator(&json!({ "ttl_seconds": TTL_SECONDS }));
+    ready(&f.api, &f.name_b, 2).await;
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_a_resource_removes_exactly_its_secrets_and_service_account_entry() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    // A's entry first, so that its absence below means it was removed.
+    f.entries_once_a_is_listed().await;
+    f.delete(&f.name_a).await;
+    let ns = &f.namespaces;
+    for ns in [&ns.a1, &ns.a2, &ns.shared] {
         assert_eq!(
-            owner(&client, ns, &secret_a).await,
+            owner(&f.client, ns, &f.secret_a).await,
             None,
-            "{secret_a} left in {ns}"
+            "{} left in {ns}",
+            f.secret_a
         );
     }
-    for ns in [&shared, &b1] {
+    for ns in [&ns.shared, &ns.b1] {
         assert_eq!(
-            owner(&client, ns, &secret_b).await.as_deref(),
-            Some(name_b.as_str())
+            owner(&f.client, ns, &f.secret_b).await.as_deref(),
+            Some(f.name_b.as_str())
         );
     }
+    let accounts: Api<ServiceAccount> = Api::namespaced(f.client.clone(), &ns.a1);
     let sa = accounts.get("default").await.unwrap();
     assert!(sa.image_pull_secrets.unwrap_or_default().is_empty());
-    ready(&api, &name_b, 2).await;
+    ready(&f.api, &f.name_b, 2).await;
+    f.finish().await;
+}
 
-    api.delete(&name_b, &DeleteParams::default()).await.unwrap();
-    eventually("B gone", Duration::from_secs(30), || async {
-        api.get_opt(&name_b).await.unwrap().is_none().then_some(())
-    })
+#[tokio::test]
+async fn deleted_resources_leave_no_metric_series() {
+    let Some(f) = two_resources().await else {
+        return;
+    };
+    let address = f.controller.admin_address().await;
+    let series = |name: &str| format!("ecr_pull_secrets_resource_ready{{resource=\"{name}\"}}");
+    // Both series first, so that their absence below means they were removed.
+    eventually(
+        "both resources in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let (_, text) = http_get(&address, "/metrics").await?;
+            (sample(&text, &series(&f.name_a)).is_some()
+                && sample(&text, &series(&f.name_b)).is_some())
+            .then_some(())
+        },
+    )
     .await;
-    // Deleted resources leave no series behind.
+    f.delete(&f.name_a).await;
+    f.delete(&f.name_b).await;
     let (_, text) = http_get(&address, "/metrics").await.unwrap();
-    assert!(!text.contains(&name_a) && !text.contains(&name_b), "{text}");
-    drop(controller);
-    env.set_emulator(&json!({}));
-    delete_namespaces(&client, &[a1, a2, shared, b1, other, controller_ns]).await;
+    assert!(
+        !text.contains(&f.name_a) && !text.contains(&f.name_b),
+        "{text}"
+    );
+    f.finish().await;
 }
 
 #[tokio::test]
