@@ -4,7 +4,8 @@
 //! else wrote). Expiry of another holder's lease is judged on our monotonic clock since we last
 //! saw the lease change, never by comparing wall clocks across machines. A leader that cannot
 //! renew within the renew deadline (shorter than the lease duration) steps down before anyone
-//! else may take over.
+//! else may take over. The leader's renewals also carry what it publishes on the Lease: the
+//! flag-configured secret's Ready verdict (`core::readiness`), at no extra request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
