@@ -6,12 +6,14 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 use support::*;
@@ -319,7 +321,7 @@ async fn aws_faults_fail_with_the_permission_or_the_keys_to_fix() {
 }
 
 #[tokio::test]
-async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_pass() {
+async fn a_service_account_without_rbac_fails_every_verb_naming_the_roles_to_apply() {
     let Some(env) = testenv() else { return };
     let client = client().await;
     let p = unique("norbac");
@@ -379,8 +381,23 @@ async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_p
         "{}",
         out.stdout
     );
+    delete_namespaces(&client, &[p]).await;
+}
 
-    // The shipped roles, for the shipped ServiceAccount: everything passes.
+/// `check` as the shipped Deployment runs it: the shipped roles (deploy/common.yaml) applied,
+/// their credentials Secret written, and a token of the shipped ServiceAccount.
+struct Shipped {
+    env: TestEnv,
+    client: Client,
+    kubeconfig: PathBuf,
+}
+
+/// The secret access key in the shipped credentials Secret.
+const SHIPPED_SECRET_KEY: &str = "shipped-secret-key-e2e";
+
+async fn shipped() -> Option<Shipped> {
+    let env = testenv()?;
+    let client = client().await;
     let deploy = repo().join("deploy/common.yaml");
     kubectl(&["apply", "--server-side", "-f", deploy.to_str().unwrap()]);
     put_credentials(
@@ -388,30 +405,63 @@ async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_p
         "ecr-pull-secrets",
         "aws-credentials",
         "AKIATESTENV000000001",
-        "shipped-secret-key-e2e",
+        SHIPPED_SECRET_KEY,
     )
     .await;
-    let shipped = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
-    let shipped = shipped.to_str().unwrap();
-    let args = [
-        "--credentials-secret",
-        "aws-credentials",
-        "--service-accounts",
-        "default",
-    ];
-    let out = check(&env, &args, &[("KUBECONFIG", shipped)]);
+    let kubeconfig = service_account_kubeconfig(&env.dir, "ecr-pull-secrets", "ecr-pull-secrets");
+    Some(Shipped {
+        env,
+        client,
+        kubeconfig,
+    })
+}
+
+impl Shipped {
+    /// `check` with the shipped credentials Secret and ServiceAccounts, and `args`.
+    fn check(&self, args: &[&str]) -> Outcome {
+        let shipped = [
+            "--credentials-secret",
+            "aws-credentials",
+            "--service-accounts",
+            "default",
+        ];
+        check(
+            &self.env,
+            &[&shipped[..], args].concat(),
+            &[("KUBECONFIG", self.kubeconfig.to_str().unwrap())],
+        )
+    }
+
+    /// Leaves the shipped namespace as e2e_rbac expects to find it (it applies deploy/ first).
+    async fn finish(self) {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "ecr-pull-secrets");
+        secrets
+            .delete("aws-credentials", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_roles_pass_every_check_without_printing_a_secret() {
+    let Some(shipped) = shipped().await else {
+        return;
+    };
+    let out = shipped.check(&[]);
     assert_eq!(out.code, Some(0));
     assert_eq!(out.lines("PASS", "permission").len(), 23);
     out.line("PASS", "credentials");
     out.line("PASS", "aws us-east-1");
-    assert_no_secret(&out.all(), &["shipped-secret-key-e2e"], &env);
+    assert_no_secret(&out.all(), &[SHIPPED_SECRET_KEY], &shipped.env);
+    shipped.finish().await;
+}
 
-    // Another secret name needs the ClusterRole's resourceNames changed, and says so.
-    let out = check(
-        &env,
-        &[&args[..], &["--secret-name", "other-pull"]].concat(),
-        &[("KUBECONFIG", shipped)],
-    );
+#[tokio::test]
+async fn another_secret_name_fails_naming_the_cluster_role_resource_names_to_change() {
+    let Some(shipped) = shipped().await else {
+        return;
+    };
+    let out = shipped.check(&["--secret-name", "other-pull"]);
     assert_eq!(out.code, Some(1));
     let denied = out.lines("FAIL", "permission");
     assert_eq!(
@@ -438,11 +488,5 @@ async fn a_service_account_without_rbac_fails_every_verb_and_the_shipped_roles_p
             .iter()
             .any(|l| l.ends_with("create secrets in every namespace"))
     );
-    // Leave the shipped namespace as e2e_rbac expects to find it (it applies deploy/ first).
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "ecr-pull-secrets");
-    secrets
-        .delete("aws-credentials", &DeleteParams::default())
-        .await
-        .unwrap();
-    delete_namespaces(&client, &[p]).await;
+    shipped.finish().await;
 }

@@ -59,13 +59,16 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn ensure_namespace(name: &str) {
+/// Creates `names` unless they exist (one server-side apply).
+fn ensure_namespaces(names: &[&str]) {
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|name| format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"))
+        .collect();
     run(
         "kubectl",
         &["apply", "--server-side", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
-        )),
+        Some(&manifests.join("---\n")),
     );
 }
 
@@ -360,16 +363,64 @@ fn assert_least(what: &str, manifests: &str, names: &Names) {
     );
 }
 
+/// An API server ready for the renderings' server-side dry runs: the Prometheus operator's CRDs
+/// installed and the namespaces the renderings name created (server-side apply, so that any test
+/// here may create them again; dry runs store nothing in them, so they are kept).
+struct DryRunServer {
+    env: TestEnv,
+}
+
+fn dry_run_server() -> Option<DryRunServer> {
+    let env = testenv()?;
+    install_prometheus_operator_crds();
+    ensure_namespaces(&[
+        "ecr-pull-secrets",
+        "helm-default",
+        "helm-all",
+        "all-options-leases",
+    ]);
+    Some(DryRunServer { env })
+}
+
+impl DryRunServer {
+    /// What a server-side dry run of `manifests` printed.
+    fn apply(&self, manifests: &str) -> String {
+        dry_run_apply(manifests)
+    }
+
+    /// The kustomize base with the monitoring component.
+    fn kustomized(&self) -> String {
+        kustomize_with_monitoring(&self.env.dir)
+    }
+}
+
+/// Helm in helm-default with `args` (`--set` a value, `--include-crds`).
+fn helm_with(args: &[&str]) -> String {
+    let chart = chart();
+    let mut all = vec!["template", "ecr-pull-secrets", &chart, "-n", "helm-default"];
+    all.extend_from_slice(args);
+    run("helm", &all, None)
+}
+
+/// `manifests` with each run of whitespace made one space, to match YAML across indentation.
+fn words(manifests: &str) -> String {
+    manifests.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[tokio::test]
-async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
-    let Some(env) = testenv() else { return };
+async fn helm_lints_the_chart_with_default_values_and_with_every_option() {
+    let Some(_env) = testenv() else { return };
     run("helm", &["lint", "--strict", &chart()], None);
     run(
         "helm",
         &["lint", "--strict", &chart(), "-f", &all_options()],
         None,
     );
-    // The schema rejects a bad value with a message naming it.
+}
+
+#[tokio::test]
+async fn the_values_schema_rejects_a_bad_value_naming_it() {
+    let Some(_env) = testenv() else { return };
     let bad = Command::new("helm")
         .args(["template", "x", &chart(), "--set", "writeQps=0"])
         .output()
@@ -377,13 +428,15 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("writeQps"), "{stderr}");
+}
 
-    install_prometheus_operator_crds();
-
-    // A server-side dry run needs the namespaces to exist.
-    ensure_namespace("ecr-pull-secrets");
-    let kustomized = kustomize_with_monitoring(&env.dir);
-    dry_run_apply(&kustomized);
+#[tokio::test]
+async fn the_kustomize_base_with_monitoring_passes_server_side_dry_run() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
+    let kustomized = server.kustomized();
+    server.apply(&kustomized);
     for kind in [
         "ServiceMonitor",
         "Service",
@@ -394,10 +447,14 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     ] {
         assert!(kustomized.contains(&format!("kind: {kind}\n")), "{kind}");
     }
+}
 
-    ensure_namespace("helm-default");
-    let default = helm_template("helm-default", None);
-    let applied = dry_run_apply(&default);
+#[tokio::test]
+async fn helm_default_values_pass_server_side_dry_run_with_the_admission_policy() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
+    let applied = server.apply(&helm_template("helm-default", None));
     for object in [
         "validatingadmissionpolicy.admissionregistration.k8s.io/ecr-pull-secrets",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/ecr-pull-secrets",
@@ -407,68 +464,59 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
             "on by default: {object} not in:\n{applied}"
         );
     }
-    // admissionPolicy.enabled=false leaves it out.
-    let no_policy = run(
-        "helm",
-        &[
-            "template",
-            "ecr-pull-secrets",
-            &chart(),
-            "-n",
-            "helm-default",
-            "--set",
-            "admissionPolicy.enabled=false",
-        ],
-        None,
-    );
-    dry_run_apply(&no_policy);
+}
+
+#[tokio::test]
+async fn admission_policy_enabled_false_leaves_the_policy_out() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
+    // Rendered without the value first, so that its absence below is the value's doing.
+    assert!(helm_template("helm-default", None).contains("kind: ValidatingAdmissionPolicy\n"));
+    let no_policy = helm_with(&["--set", "admissionPolicy.enabled=false"]);
+    server.apply(&no_policy);
     assert!(
         !no_policy.contains("ValidatingAdmissionPolicy"),
         "{no_policy}"
     );
+}
+
+#[tokio::test]
+async fn resources_are_served_by_default_and_custom_resources_enabled_false_turns_them_off() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
     assert!(
-        default.contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"true\"\n"),
+        helm_template("helm-default", None)
+            .contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"true\"\n"),
         "resources are served by default"
     );
-    // `helm install` also installs the chart's crds/: the CRD passes too.
-    let crds = run(
-        "helm",
-        &[
-            "template",
-            "ecr-pull-secrets",
-            &chart(),
-            "-n",
-            "helm-default",
-            "--include-crds",
-        ],
-        None,
-    );
-    assert!(dry_run_apply(&crds).contains(
-        "customresourcedefinition.apiextensions.k8s.io/ecrpullsecrets.ecr-pull-secrets.io"
-    ));
-    let off = run(
-        "helm",
-        &[
-            "template",
-            "ecr-pull-secrets",
-            &chart(),
-            "-n",
-            "helm-default",
-            "--set",
-            "customResources.enabled=false",
-        ],
-        None,
-    );
-    dry_run_apply(&off);
+    let off = helm_with(&["--set", "customResources.enabled=false"]);
+    server.apply(&off);
     assert!(
         off.contains("- name: ECR_PULL_SECRETS_RESOURCES\n              value: \"false\"\n"),
         "customResources.enabled=false turns --resources off"
     );
+}
 
-    ensure_namespace("helm-all");
-    ensure_namespace("all-options-leases");
-    let all = helm_template("helm-all", Some(&all_options()));
-    let applied = dry_run_apply(&all);
+#[tokio::test]
+async fn the_charts_crd_passes_server_side_dry_run() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
+    // `helm install` also installs the chart's crds/: the CRD passes too.
+    let crds = helm_with(&["--include-crds"]);
+    assert!(server.apply(&crds).contains(
+        "customresourcedefinition.apiextensions.k8s.io/ecrpullsecrets.ecr-pull-secrets.io"
+    ));
+}
+
+#[tokio::test]
+async fn every_option_passes_server_side_dry_run_with_every_object() {
+    let Some(server) = dry_run_server() else {
+        return;
+    };
+    let applied = server.apply(&helm_template("helm-all", Some(&all_options())));
     for kind in [
         "deployment.apps/ecr-pull-secrets-all",
         "servicemonitor.monitoring.coreos.com/ecr-pull-secrets-all",
@@ -481,23 +529,37 @@ async fn helm_lints_and_every_rendering_passes_server_side_dry_run() {
     ] {
         assert!(applied.contains(kind), "{kind} not in:\n{applied}");
     }
-    // The window value reaches the rule; allowAdoption reaches the policy.
-    let words = all.split_whitespace().collect::<Vec<_>>().join(" ");
+}
+
+#[tokio::test]
+async fn allow_adoption_reaches_the_admission_policy() {
+    let Some(_env) = testenv() else { return };
+    let all = helm_template("helm-all", Some(&all_options()));
     assert!(
-        words.contains("- name: adoption expression: \"true\""),
+        words(&all).contains("- name: adoption expression: \"true\""),
         "{all}"
     );
-    let default_words = default.split_whitespace().collect::<Vec<_>>().join(" ");
+    let default = helm_template("helm-default", None);
     assert!(
-        default_words.contains("- name: adoption expression: \"false\""),
+        words(&default).contains("- name: adoption expression: \"false\""),
         "{default}"
     );
+}
+
+#[tokio::test]
+async fn the_expiring_soon_window_reaches_the_alert_rule() {
+    let Some(_env) = testenv() else { return };
     assert!(
-        words.contains("- time() < 7200"),
+        words(&helm_template("helm-all", Some(&all_options()))).contains("- time() < 7200"),
         "the window reaches the rule"
     );
+}
 
-    // Every flag of `run` is set from a value: each environment variable it reads is rendered.
+#[tokio::test]
+async fn every_flag_of_run_is_set_from_a_value() {
+    let Some(_env) = testenv() else { return };
+    // Each environment variable `run` reads is rendered.
+    let all = helm_template("helm-all", Some(&all_options()));
     let help = run(
         env!("CARGO_BIN_EXE_ecr-pull-secrets"),
         &["run", "--help"],
@@ -627,7 +689,7 @@ async fn every_example_is_accepted_by_the_crd() {
     let Some(_env) = testenv() else { return };
     install_crd();
     // static-keys.yaml carries its credentials Secret in the controller's namespace.
-    ensure_namespace("ecr-pull-secrets");
+    ensure_namespaces(&["ecr-pull-secrets"]);
     let mut files: Vec<_> = std::fs::read_dir(repo().join("deploy/examples"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -721,7 +783,7 @@ async fn the_chart_renders_for_this_api_servers_version_and_refuses_one_before_1
         rendered.contains("kind: ValidatingAdmissionPolicy\n"),
         "no admission policy rendered for {server}"
     );
-    ensure_namespace("ecr-pull-secrets");
+    ensure_namespaces(&["ecr-pull-secrets"]);
     dry_run_apply(&rendered);
 
     let old = Command::new("helm")

@@ -595,9 +595,26 @@ async fn invalid_specs_are_rejected_by_the_api_server_with_readable_messages() {
     api.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
-    let Some(env) = testenv() else { return };
+/// Resources that cannot run next to a healthy one and the flag-configured secret, under one
+/// controller (flags and resources side by side), once the healthy one is Ready. Each resource is
+/// `<p>-<suffix>`: `ok` is healthy; `twin` names ok's Secret and is created after it; `flags`
+/// names the flag-configured secret; `glob` has a namespace pattern the schema accepts and the
+/// controller refuses; `keys` names a credentials Secret that does not exist.
+struct Blocked {
+    client: Client,
+    api: Api<EcrPullSecret>,
+    p: String,
+    /// Every resource, in the order they were created.
+    names: Vec<String>,
+    /// The one target namespace, of the flags and of every resource that selects namespaces.
+    ns: String,
+    controller_ns: String,
+    flag_secret: String,
+    controller: Controller,
+}
+
+async fn blocked() -> Option<Blocked> {
+    let env = testenv()?;
     let client = client().await;
     install_crd();
     env.set_emulator(&json!({}));
@@ -635,13 +652,13 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
             json!({"secretName": format!("keys-{p}"), "registries": registry, "credentials": {"secretRef": {"name": "missing"}}}),
         ),
     ];
-    for (suffix, spec) in &specs {
-        api.create(
-            &PostParams::default(),
-            &ecr_pull_secret(&format!("{p}-{suffix}"), spec.clone()),
-        )
-        .await
-        .unwrap();
+    let mut names = Vec::new();
+    for (suffix, spec) in specs {
+        let name = format!("{p}-{suffix}");
+        api.create(&PostParams::default(), &ecr_pull_secret(&name, spec))
+            .await
+            .unwrap();
+        names.push(name);
     }
     // Flags and resources side by side.
     let controller = env.controller(
@@ -656,49 +673,141 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
             &ns,
         ],
     );
-    for (suffix, reason, hint) in [
-        (
-            "twin",
-            "SecretNameInUse",
-            format!("EcrPullSecret {p}-ok already writes Secret ok-{p}"),
-        ),
-        ("flags", "SecretNameInUse", "--secret-name".to_string()),
-        ("glob", "InvalidSpec", "Team_A".to_string()),
-        ("keys", "CredentialsUnavailable", "missing".to_string()),
-    ] {
-        let name = format!("{p}-{suffix}");
-        let (status, got, message) = eventually(
-            &format!("{name} Degraded with {reason}"),
+    ready(&api, &format!("{p}-ok"), 1).await;
+    Some(Blocked {
+        client,
+        api,
+        p,
+        names,
+        ns,
+        controller_ns,
+        flag_secret,
+        controller,
+    })
+}
+
+impl Blocked {
+    fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.p)
+    }
+
+    /// Reason and message of resource `suffix`, once it is Degraded.
+    async fn degraded(&self, suffix: &str) -> (String, String) {
+        let name = self.name(suffix);
+        let (_, reason, message) = eventually(
+            &format!("{name} Degraded"),
             Duration::from_secs(30),
             || async {
-                resource_condition(&api.get(&name).await.ok()?, "Degraded")
+                resource_condition(&self.api.get(&name).await.ok()?, "Degraded")
                     .filter(|c| c.0 == "True")
             },
         )
         .await;
-        assert_eq!(
-            (status.as_str(), got.as_str()),
-            ("True", reason),
-            "{name}: {message}"
-        );
-        assert!(message.contains(&hint), "{name}: {message}");
+        (reason, message)
     }
-    ready(&api, &format!("{p}-ok"), 1).await;
-    assert!(get_secret(&client, &ns, &flag_secret).await.is_some());
-    let ok_secret = get_secret(&client, &ns, &format!("ok-{p}")).await.unwrap();
-    assert_eq!(
-        ok_secret.labels().get(OWNER_LABEL),
-        Some(&format!("{p}-ok"))
-    );
 
-    // `check --resources` reports every resource's spec, and fails on the invalid one.
+    /// Owner label of the Secret `ok-<p>` (the name `ok` and `twin` share), if it exists.
+    async fn ok_secret_owner(&self) -> Option<String> {
+        owner(&self.client, &self.ns, &format!("ok-{}", self.p)).await
+    }
+
+    /// Deletes every resource still there and waits until each is gone (finalizer done).
+    async fn delete_all(&self) {
+        for name in &self.names {
+            let _ = self.api.delete(name, &DeleteParams::default()).await;
+        }
+        for name in &self.names {
+            eventually(&format!("{name} gone"), Duration::from_secs(30), || async {
+                self.api
+                    .get_opt(name)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Deletes what is left while the controller still runs (it removes the finalizers).
+    async fn finish(self) {
+        self.delete_all().await;
+        drop(self.controller);
+        delete_namespaces(&self.client, &[self.ns, self.controller_ns]).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resource_naming_the_secret_an_older_one_writes_is_degraded_naming_that_resource() {
+    let Some(f) = blocked().await else { return };
+    let (reason, message) = f.degraded("twin").await;
+    assert_eq!(reason, "SecretNameInUse", "{message}");
+    let p = &f.p;
+    assert!(
+        message.contains(&format!(
+            "EcrPullSecret {p}-ok already writes Secret ok-{p}"
+        )),
+        "{message}"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_resource_naming_the_flag_configured_secret_is_degraded_naming_the_flag() {
+    let Some(f) = blocked().await else { return };
+    let (reason, message) = f.degraded("flags").await;
+    assert_eq!(reason, "SecretNameInUse", "{message}");
+    assert!(message.contains("--secret-name"), "{message}");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_resource_with_an_invalid_namespace_pattern_is_degraded_as_an_invalid_spec() {
+    let Some(f) = blocked().await else { return };
+    let (reason, message) = f.degraded("glob").await;
+    assert_eq!(reason, "InvalidSpec", "{message}");
+    assert!(message.contains("Team_A"), "{message}");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_resource_whose_credentials_secret_is_missing_is_degraded_naming_it() {
+    let Some(f) = blocked().await else { return };
+    let (reason, message) = f.degraded("keys").await;
+    assert_eq!(reason, "CredentialsUnavailable", "{message}");
+    assert!(message.contains("missing"), "{message}");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn resources_that_cannot_run_leave_the_healthy_one_and_the_flag_configured_secret_working() {
+    let Some(f) = blocked().await else { return };
+    // The others refused first, so that what follows holds beside them.
+    for suffix in ["twin", "flags", "glob", "keys"] {
+        f.degraded(suffix).await;
+    }
+    ready(&f.api, &f.name("ok"), 1).await;
+    assert!(get_secret(&f.client, &f.ns, &f.flag_secret).await.is_some());
+    assert_eq!(f.ok_secret_owner().await, Some(f.name("ok")));
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn check_resources_reports_every_resources_spec_and_fails_on_the_invalid_one() {
+    let Some(f) = blocked().await else { return };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecr-pull-secrets"))
-        .args(["check", "--resources", "--namespace", &controller_ns])
-        .args(["--secret-name", &flag_secret, "--target-namespaces", &ns])
+        .args(["check", "--resources", "--namespace", &f.controller_ns])
+        .args([
+            "--secret-name",
+            &f.flag_secret,
+            "--target-namespaces",
+            &f.ns,
+        ])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{report}");
+    let p = &f.p;
     assert!(
         report.contains(&format!("EcrPullSecret {p}-glob: ")),
         "{report}"
@@ -708,29 +817,40 @@ async fn a_resource_that_cannot_run_says_why_and_the_others_are_unaffected() {
         report.contains(&format!("EcrPullSecret {p}-ok: ")),
         "{report}"
     );
+    f.finish().await;
+}
 
-    // Once the older twin is gone, the younger one takes over the name.
-    api.delete(&format!("{p}-ok"), &DeleteParams::default())
+#[tokio::test]
+async fn the_younger_of_two_resources_naming_one_secret_takes_it_over_once_the_older_is_deleted() {
+    let Some(f) = blocked().await else { return };
+    // The younger refused and the secret the older's first, so that the takeover is a change.
+    assert_eq!(f.degraded("twin").await.0, "SecretNameInUse");
+    assert_eq!(f.ok_secret_owner().await, Some(f.name("ok")));
+    f.api
+        .delete(&f.name("ok"), &DeleteParams::default())
         .await
         .unwrap();
-    ready(&api, &format!("{p}-twin"), 1).await;
-    let taken = get_secret(&client, &ns, &format!("ok-{p}")).await.unwrap();
-    assert_eq!(taken.labels().get(OWNER_LABEL), Some(&format!("{p}-twin")));
+    ready(&f.api, &f.name("twin"), 1).await;
+    assert_eq!(f.ok_secret_owner().await, Some(f.name("twin")));
+    f.finish().await;
+}
 
-    for (suffix, _) in &specs {
-        let _ = api
-            .delete(&format!("{p}-{suffix}"), &DeleteParams::default())
-            .await;
-    }
-    for (suffix, _) in &specs {
-        let name = format!("{p}-{suffix}");
-        eventually(&format!("{name} gone"), Duration::from_secs(30), || async {
-            api.get_opt(&name).await.unwrap().is_none().then_some(())
-        })
-        .await;
-    }
-    // The flag-configured secret is untouched by every deletion.
-    assert!(get_secret(&client, &ns, &flag_secret).await.is_some());
-    drop(controller);
-    delete_namespaces(&client, &[ns, controller_ns]).await;
+#[tokio::test]
+async fn deleting_every_resource_leaves_the_flag_configured_secret_untouched() {
+    let Some(f) = blocked().await else { return };
+    // The secret written and the resource that names it refused first, so that the deletions
+    // follow a resource that claimed it.
+    let written = eventually(
+        "the flag-configured secret written",
+        Duration::from_secs(30),
+        || async { get_secret(&f.client, &f.ns, &f.flag_secret).await },
+    )
+    .await;
+    f.degraded("flags").await;
+    f.delete_all().await;
+    let kept = get_secret(&f.client, &f.ns, &f.flag_secret).await;
+    assert!(kept.is_some());
+    // Not deleted and written again: the same object.
+    assert_eq!(kept.unwrap().metadata.uid, written.metadata.uid);
+    f.finish().await;
 }
