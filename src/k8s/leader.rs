@@ -542,23 +542,27 @@ mod tests {
         assert_eq!(taken.acquire_time, Some(MicroTime(now)));
     }
 
+    /// A client that is never called, and a 15 s lease: for the elector's pure parts.
+    fn offline() -> (Client, LeaseConfig) {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let config = LeaseConfig {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        (client, config)
+    }
+
     /// The instant `run` sleeps until when it is before the next retry (`expires_at`) is the
     /// one at which the lease counts as expired: a follower waking then takes it over.
     #[tokio::test(start_paused = true)]
     async fn the_lease_seen_expires_a_lease_duration_after_it_was_seen() {
-        let client =
-            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let mut elector = Elector::new(
-            client,
-            LeaseConfig {
-                namespace: "ns".into(),
-                name: "lease".into(),
-                identity: "me".into(),
-                lease_duration: Duration::from_secs(15),
-                renew_deadline: Duration::from_secs(10),
-                retry_period: Duration::from_secs(2),
-            },
-        );
+        let (client, config) = offline();
+        let mut elector = Elector::new(client, config);
         let lease = Lease {
             spec: Some(spec(Some("other"), 90, 3)),
             ..Lease::default()
@@ -577,16 +581,7 @@ mod tests {
     /// removes it: a new leader never passes on its predecessor's word as its own.
     #[tokio::test]
     async fn the_published_verdict_replaces_the_previous_holders() {
-        let client =
-            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let config = LeaseConfig {
-            namespace: "ns".into(),
-            name: "lease".into(),
-            identity: "me".into(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-        };
+        let (client, config) = offline();
         let (ready, published) = watch::channel(None);
         let elector = Elector::new(client.clone(), config.clone()).publishing(published);
         let theirs = || ObjectMeta {
