@@ -7,11 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use ecr_pull_secrets::cli::args::{Cli, Command};
 use ecr_pull_secrets::controller::pipeline::Env;
 use ecr_pull_secrets::controller::reconcile::{
     self, Caches, Context, Outcome, Requests, WriteLimiter,
 };
-use ecr_pull_secrets::controller::supervisor::{FlagsReport, report_flags_status};
+use ecr_pull_secrets::controller::supervisor::{FlagsReport, report_flags_status, serve};
 use ecr_pull_secrets::core::backoff::{Exponential, Gate};
 use ecr_pull_secrets::core::meta::{
     FINGERPRINT_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, OWNER_LABEL, ours,
@@ -1214,4 +1216,147 @@ async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event
             .is_err(),
         "an Event without a change"
     );
+}
+
+/// The supervisor's uniqueness rule: of two EcrPullSecrets naming one Secret, the younger is
+/// not served and its status names the older, which keeps the name even while it cannot run
+/// itself (here: an invalid spec, so no pipeline starts and nothing calls AWS).
+#[tokio::test]
+async fn the_younger_of_two_resources_naming_one_secret_is_blocked_naming_the_older() {
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let metrics = Arc::new(Metrics::new());
+    let (namespaces, _watch) = Namespaces::watch(client.clone(), false, |_| {});
+    let env = Env {
+        client,
+        metrics: metrics.clone(),
+        fence: Fence::open(),
+        api_timeout: Duration::from_secs(5),
+        concurrency: 1,
+        requests: Requests::new(1),
+        table: Table::default(),
+        namespace: "ecr".into(),
+        identity: Some("replica-a".into()),
+        namespaces,
+    };
+    let Command::Run(args) =
+        Cli::try_parse_from(["ecr-pull-secrets", "run", "--region", "us-east-1"])
+            .unwrap()
+            .command
+    else {
+        panic!("not run")
+    };
+    let resource = |name: &str, created: &str, include: &str| {
+        json!({
+            "apiVersion": "ecr-pull-secrets.io/v1alpha1",
+            "kind": "EcrPullSecret",
+            "metadata": {
+                "name": name, "uid": format!("uid-{name}"), "generation": 1,
+                "resourceVersion": "7", "creationTimestamp": created,
+                "finalizers": ["ecr-pull-secrets.io/cleanup"],
+            },
+            "spec": {
+                "secretName": "shared",
+                "registries": [{"host": "123456789012.dkr.ecr.us-east-1.amazonaws.com"}],
+                "namespaces": {"include": [include]},
+                // Were a pipeline started by mistake, its first request would be for these
+                // keys, from this scripted API server: never a call to AWS.
+                "credentials": {"secretRef": {"name": "aws"}},
+            },
+        })
+    };
+    let older = resource("alpha", "2026-11-30T10:00:00Z", "Team_A");
+    let younger = resource("beta", "2026-11-30T11:00:00Z", "team-*");
+    let (stop_tx, stop) = watch::channel(false);
+    let (ready, _) = watch::channel(None);
+    let report = FlagsReport {
+        lease: ObjectReference::default(),
+        ready,
+    };
+    let served = tokio::spawn(serve(env, args.inherited(), None, true, report, stop));
+
+    let mut statuses = BTreeMap::new();
+    let mut watches = Vec::new();
+    while statuses.len() < 2 {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(10), server.next_request())
+            .await
+            .expect("a request within 10 s")
+            .expect("a request");
+        let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        let query = request.uri().query().unwrap_or_default().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/apis/ecr-pull-secrets.io/v1alpha1/ecrpullsecrets")
+                if query.contains("watch") =>
+            {
+                // Held open: nothing changes.
+                watches.push(send);
+            }
+            ("GET", "/apis/ecr-pull-secrets.io/v1alpha1/ecrpullsecrets") => {
+                send.send_response(json_response(
+                    200,
+                    json!({
+                        "apiVersion": "ecr-pull-secrets.io/v1alpha1",
+                        "kind": "EcrPullSecretList",
+                        "metadata": {"resourceVersion": "7"},
+                        "items": [older, younger],
+                    }),
+                ));
+            }
+            ("PATCH", status) if status.ends_with("/status") => {
+                let name = status.split('/').nth_back(1).unwrap().to_string();
+                let body = body_of(request).await;
+                let mut object = if name == "alpha" {
+                    older.clone()
+                } else {
+                    younger.clone()
+                };
+                object["status"] = body["status"].clone();
+                send.send_response(json_response(200, object));
+                statuses.insert(name, body["status"].clone());
+            }
+            _ => panic!("unexpected request {method} {path}?{query}"),
+        }
+    }
+    let ready = |name: &str| {
+        let status = &statuses[name];
+        let ready = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap_or_else(|| panic!("no Ready condition: {status}"));
+        (
+            ready["status"].as_str().unwrap().to_string(),
+            ready["reason"].as_str().unwrap().to_string(),
+            ready["message"].as_str().unwrap().to_string(),
+        )
+    };
+    let (status, reason, message) = ready("beta");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNameInUse")
+    );
+    assert!(
+        message.contains("EcrPullSecret alpha already writes Secret shared"),
+        "{message}"
+    );
+    let (status, reason, message) = ready("alpha");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("Team_A"), "{message}");
+    let text = metrics.encode();
+    for name in ["alpha", "beta"] {
+        assert!(
+            text.contains(&format!(
+                "ecr_pull_secrets_resource_ready{{resource=\"{name}\"}} 0"
+            )),
+            "{text}"
+        );
+    }
+    stop_tx.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve stops")
+        .unwrap()
+        .unwrap();
+    drop(watches);
 }
