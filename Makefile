@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TESTENV := tests/testenv.sh
 CARGO ?= cargo
 
-.PHONY: demo demo-node test check-layers lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit bench
+.PHONY: demo demo-node test check-layers lint test-unit test-alerts test-emulator test-registry test-image test-testenv test-testenv-node test-e2e test-node test-demo test-demo-node testenv testenv-node build image audit deny bench
 .PHONY: install uninstall run deploy undeploy
 
 ## demo: real local control plane + ECR emulator + the controller; Ctrl-C stops it.
@@ -131,6 +131,10 @@ bench: testenv
 ## advisory check (needs the RustSec advisory database).
 audit:
 	$(CARGO) audit
+
+## licenses, duplicate crates and sources against deny.toml; offline (`cargo install cargo-deny`).
+deny:
+	$(CARGO) deny check bans licenses sources
 
 # Operator workflow, as a kubebuilder project offers it, against the cluster of the current
 # kubeconfig (KUBECONFIG or ~/.kube/config): `make install run` while developing,
