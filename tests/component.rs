@@ -1118,11 +1118,10 @@ async fn cleanup_behind_a_closed_fence_deletes_nothing() {
     assert!(server.next_request().await.is_none(), "no delete sent");
 }
 
-/// The flag-configured pipeline's Ready verdict goes where a resource's would: a metric, a
-/// published status (the annotation the elector writes on the Lease), and an Event per change.
-#[tokio::test(start_paused = true)]
-async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event_per_change() {
-    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+/// What the supervisor's tasks share, on a scripted API server; its namespace watch is never
+/// started, so only the requests under test reach the server.
+fn supervisor_env() -> (Env, Arc<Metrics>, ApiServer) {
+    let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let metrics = Arc::new(Metrics::new());
     let (namespaces, _watch) = Namespaces::watch(client.clone(), false, |_| {});
@@ -1138,6 +1137,14 @@ async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event
         identity: Some("replica-a".into()),
         namespaces,
     };
+    (env, metrics, server)
+}
+
+/// The flag-configured pipeline's Ready verdict goes where a resource's would: a metric, a
+/// published status (the annotation the elector writes on the Lease), and an Event per change.
+#[tokio::test(start_paused = true)]
+async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event_per_change() {
+    let (env, metrics, mut server) = supervisor_env();
     let lease = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".into()),
         kind: Some("Lease".into()),
@@ -1223,22 +1230,7 @@ async fn the_flag_configured_verdict_is_a_metric_a_published_status_and_an_event
 /// itself (here: an invalid spec, so no pipeline starts and nothing calls AWS).
 #[tokio::test]
 async fn the_younger_of_two_resources_naming_one_secret_is_blocked_naming_the_older() {
-    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let metrics = Arc::new(Metrics::new());
-    let (namespaces, _watch) = Namespaces::watch(client.clone(), false, |_| {});
-    let env = Env {
-        client,
-        metrics: metrics.clone(),
-        fence: Fence::open(),
-        api_timeout: Duration::from_secs(5),
-        concurrency: 1,
-        requests: Requests::new(1),
-        table: Table::default(),
-        namespace: "ecr".into(),
-        identity: Some("replica-a".into()),
-        namespaces,
-    };
+    let (env, metrics, mut server) = supervisor_env();
     let Command::Run(args) =
         Cli::try_parse_from(["ecr-pull-secrets", "run", "--region", "us-east-1"])
             .unwrap()
