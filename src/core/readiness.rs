@@ -21,7 +21,9 @@ const MESSAGE_LIMIT: usize = 1024;
 
 /// One Ready verdict: the condition a resource's status would carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Unknown fields are ignored, not refused: a `status` older than the controller that publishes
+// still reads the verdict. They are never shown.
+#[serde(rename_all = "camelCase")]
 pub struct Readiness {
     /// The flag-configured `--secret-name` the verdict is about.
     pub secret_name: String,
@@ -101,6 +103,14 @@ mod tests {
     }
 
     #[test]
+    fn a_field_added_by_a_newer_controller_is_ignored_never_kept() {
+        let value = r#"{"secretName":"s","status":"True","reason":"Synced","message":"m","since":"2026-11-30T10:00:00Z","token":"x"}"#;
+        let read = Readiness::parse(value).unwrap();
+        assert_eq!(read.reason, "Synced");
+        assert!(!read.to_annotation().contains("token"));
+    }
+
+    #[test]
     fn a_foreign_value_is_refused_with_the_reason() {
         for (value, expected) in [
             ("", "EOF"),
@@ -116,10 +126,6 @@ mod tests {
             (
                 r#"{"secretName":"","status":"True","reason":"r","message":"","since":"2026-11-30T10:00:00Z"}"#,
                 "must not be empty",
-            ),
-            (
-                r#"{"secretName":"s","status":"True","reason":"r","message":"","since":"2026-11-30T10:00:00Z","token":"x"}"#,
-                "unknown field",
             ),
         ] {
             let error = Readiness::parse(value).unwrap_err();
